@@ -1,0 +1,46 @@
+"""Packaging for hf-medmamba. Version ranges admit torch 2.11-2.13 and transformers 5.17+, and nothing newer than
+torch 2.13, so that an install next to torch==2.13.0 never pulls another (multi-GB) torch build."""
+
+from pathlib import Path
+
+from setuptools import setup
+
+
+HERE = Path(__file__).parent
+
+CORE = [
+    "torch>=2.11,<2.14",
+    "transformers>=5.17,<6",
+    "safetensors>=0.4.3",
+    "huggingface-hub>=1.0,<3",
+    "numpy>=1.26",
+    "pillow>=10.0",
+]
+
+EXTRAS = {
+    "cuda": ["mamba-ssm>=1.0.1"],
+}
+EXTRAS["dev"] = [
+    "pytest>=8",
+    "ruff>=0.6",
+    "build>=1.2",
+]
+
+setup(
+    name="hf-medmamba",
+    version="0.1.0",
+    description="MedMamba and VM-UNet (Vision Mamba for medical imaging) as Hugging Face transformers models",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["hf_medmamba"],
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts):
+    """A path under ../shared (CI has it beside the checkout); fail loudly rather than skip when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests read ../shared beside the checkout (see README, 'Tests').")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_clean_env(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.delenv("HF_MEDMAMBA_SCAN_BACKEND", raising=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run on a GPU host with -m gpu")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
