@@ -35,7 +35,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["hf_medmamba"],
-    include_package_data=True,
+    package_data={"hf_medmamba": ["kernels/*.cpp"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     classifiers=[

@@ -401,10 +401,12 @@ def _cpu_kernel():
     if os.environ.get(DISABLE_CPU_KERNEL_ENV, "0").lower() in ("1", "true", "yes"):
         return None
     try:
-        from hf_medmamba.cpu_scan import load_cpu_scan
+        from hf_medmamba import cpu_scan
     except Exception:
         return None
-    return load_cpu_scan()
+    if getattr(cpu_scan, "KERNEL_API_VERSION", None) != 3:  # an installed hf_medmamba of another generation
+        return None
+    return cpu_scan.load_cpu_scan()
 
 
 def resolve_scan_backend(backend="auto", device="cpu"):

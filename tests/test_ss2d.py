@@ -107,7 +107,7 @@ def test_forward_against_direct_computation():
     torch.testing.assert_close(module(hidden), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "cpu_kernel"])
 def test_backends_agree(backend):
     module = perturb(SS2D(d_model=8, d_state=4))
     hidden = torch.randn(2, 5, 7, 8)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build the wheel, install it into a fresh virtual environment (no editable install in sight) and use it there:
+# this catches package data that the editable install hides (the kernel source, templates, label maps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python -m build --wheel --outdir "$work/dist" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+python -m venv "$work/venv"
+"$work/venv/bin/python" -m pip install -q torch==2.13.0
+"$work/venv/bin/python" -m pip install -q "$work"/dist/*.whl
+cd "$work"  # away from the checkout, so that only the installed wheel can be imported
+HF_MEDMAMBA_CACHE="$work/cache" "$work/venv/bin/python" - <<'PY'
+import pathlib
+import hf_medmamba
+from hf_medmamba import cpu_scan
+
+root = pathlib.Path(hf_medmamba.__file__).parent
+assert "site-packages" in str(root), f"imported from {root}, not from the installed wheel"
+assert cpu_scan.SOURCE.is_file(), f"kernel source missing from the wheel: {cpu_scan.SOURCE}"
+assert cpu_scan.load_cpu_scan() is not None, "the kernel did not build from the wheel's source"
+print(f"wheel OK: hf_medmamba {hf_medmamba.__version__} from {root}; CPU kernel built from the shipped source")
+PY

@@ -1,0 +1,331 @@
+// Fused CPU selective scan (forward and backward) for hf_medmamba.
+//
+// One pass per (batch, channel) sequence with the state in vector registers (the state dimension n is the vector
+// lane), parallel over (batch, channel) pairs with OpenMP. The step size (bias + softplus), the D * u skip and exp()
+// are computed inside: exp() is a branch-free polynomial on GCC/Clang vector extensions, sized to the widest vectors
+// the target has (16 floats with AVX-512, 8 with AVX/AVX2, 4 otherwise). Plain C ABI, loaded with ctypes.
+//
+// Layouts (float32, contiguous). n_pad = n rounded up to a multiple of the vector width, zero-padded by the caller:
+//   u, delta, y, du, ddelta, dy   (b, d, L)      delta is the raw step size (before bias and softplus)
+//   A                             (d, n_pad)     the negative real A
+//   B, C                          (b, g, L, n_pad)   channel c reads group c / (d / g)
+//   D, delta_bias                 (d) or null
+//   last, dlast                   (b, d, n_pad)  dlast may be null
+//   nonpositive                   1 when every dt * A <= 0 is known (dt >= 0 after softplus, A <= 0)
+//   checkpoints                   (b, d, ceil(L / 64), n_pad)  state before every 64th step (forward writes, backward reads)
+//   dA_part                       (b, d, n_pad)  per-batch partials (the caller sums over b)
+//   dD_part, dbias_part           (b, d)         likewise
+//   dB_part, dC_part              (threads, b, g, L, n_pad)  per-thread partials (the caller sums over threads)
+
+#include <cstdint>
+#include <cstring>
+#include <omp.h>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#elif defined(__AVX__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+typedef float V __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t VI __attribute__((vector_size(W * sizeof(float))));
+
+constexpr int kSegment = 64;  // steps per tile; checkpoints are kept at tile starts
+constexpr int kMaxVectors = 4;  // n_pad <= 4 * W
+constexpr float kSoftplusThreshold = 20.0f;  // softplus(x) = x above it, as in PyTorch and mamba-ssm
+
+inline V splat(float x) { return V{} + x; }
+
+inline V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+
+template <int N>
+struct Vec {
+  typedef float type __attribute__((vector_size(N * sizeof(float))));
+};
+
+// Sum of the lanes by halving (log2(W) vector adds), not lane by lane.
+template <int N>
+inline float hsum_n(typename Vec<N>::type v) {
+  if constexpr (N == 4) {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  } else {
+    typename Vec<N / 2>::type lo, hi;
+    std::memcpy(&lo, &v, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+    return hsum_n<N / 2>(lo + hi);
+  }
+}
+
+inline float hsum(V v) { return hsum_n<W>(v); }
+
+// exp(x), x clamped to [-87, 88]: 2^k * p(r) with k = round(x / ln 2), r = x - k ln 2 (ln 2 in two parts) and p the
+// degree-7 Taylor polynomial of exp on |r| <= ln(2) / 2 (truncation error 5e-9, below float rounding). Below -87 the
+// true result is a subnormal (< 1.2e-38), which the scan cannot tell from the clamped value. The upper clamp can be
+// left out (kHigh = false) where x <= 0 is known: dt >= 0 after softplus and A <= 0.
+template <bool kHigh = true>
+inline V vexp(V x) {
+  x = x > -87.0f ? x : splat(-87.0f);
+  if constexpr (kHigh) x = x < 88.0f ? x : splat(88.0f);
+  const V k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // adding 1.5 * 2^23 rounds to an integer
+  V r = x - k * 0.693359375f;
+  r = r + k * 2.12194440e-4f;
+  V p = splat(1.0f / 5040.0f);
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const VI bits = (__builtin_convertvector(k, VI) + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
+  return p * scale;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)) (x itself above the threshold) and, with kGrad, its derivative
+// sigmoid(x). log1p(e) = 2 atanh(e / (2 + e)), a series in s = e / (2 + e) <= 1/3 that converges to float precision
+// by s^15.
+template <bool kGrad>
+inline void softplus(V x, V& value, V& slope) {
+  const V ax = x < 0.0f ? -x : x;
+  const V e = vexp(-ax);
+  const V s = e / (e + 2.0f);
+  const V s2 = s * s;
+  V series = splat(1.0f / 15.0f);
+  series = series * s2 + 1.0f / 13.0f;
+  series = series * s2 + 1.0f / 11.0f;
+  series = series * s2 + 1.0f / 9.0f;
+  series = series * s2 + 1.0f / 7.0f;
+  series = series * s2 + 1.0f / 5.0f;
+  series = series * s2 + 1.0f / 3.0f;
+  series = series * s2 + 1.0f;
+  const V positive = x > 0.0f ? x : splat(0.0f);
+  const VI above = x > kSoftplusThreshold;
+  value = above ? x : positive + 2.0f * s * series;
+  if constexpr (kGrad) {
+    const V inv = 1.0f / (e + 1.0f);
+    slope = above ? splat(1.0f) : (x >= 0.0f ? inv : e * inv);
+  }
+}
+
+struct Problem {
+  int64_t b, d, L, n_pad, g;
+  const float *u, *delta, *A, *B, *C, *D, *bias;
+  bool softplus;
+  int64_t segments() const { return (L + kSegment - 1) / kSegment; }
+};
+
+// Step sizes for steps t0 .. t0 + len of one sequence and, with kGrad, their derivative w.r.t. delta.
+template <bool kGrad>
+inline void step_sizes(const Problem& p, const float* delta, float bias, int64_t t0, int64_t len, float* dt,
+                       float* slope) {
+  alignas(64) float x[kSegment];
+  for (int64_t i = 0; i < kSegment; ++i) x[i] = i < len ? delta[t0 + i] + bias : 0.0f;
+  for (int64_t i = 0; i < kSegment; i += W) {
+    V value = load(x + i), grad = splat(1.0f);
+    if (p.softplus) softplus<kGrad>(value, value, grad);
+    store(dt + i, value);
+    if constexpr (kGrad) store(slope + i, grad);
+  }
+}
+
+template <int NV, bool kHigh>
+void forward_sequence(const Problem& p, int64_t bi, int64_t c, float* y, float* last, float* checkpoints) {
+  const int64_t n = p.n_pad;
+  const int64_t seq = (bi * p.d + c) * p.L;
+  const int64_t gi = c / (p.d / p.g);
+  const float* Bs = p.B + (bi * p.g + gi) * p.L * n;
+  const float* Cs = p.C + (bi * p.g + gi) * p.L * n;
+  const float Dc = p.D ? p.D[c] : 0.0f;
+  const float bias = p.bias ? p.bias[c] : 0.0f;
+  float* ck = checkpoints ? checkpoints + (bi * p.d + c) * p.segments() * n : nullptr;
+  V Ac[NV], h[NV];
+  for (int j = 0; j < NV; ++j) {
+    Ac[j] = load(p.A + c * n + j * W);
+    h[j] = splat(0.0f);
+  }
+  alignas(64) float dt[kSegment];
+  for (int64_t t0 = 0; t0 < p.L; t0 += kSegment) {
+    const int64_t len = p.L - t0 < kSegment ? p.L - t0 : kSegment;
+    step_sizes<false>(p, p.delta + seq, bias, t0, len, dt, nullptr);
+    if (ck) {
+      for (int j = 0; j < NV; ++j) store(ck + (t0 / kSegment) * n + j * W, h[j]);
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t t = t0 + i;
+      const float drive = dt[i] * p.u[seq + t];
+      V acc = splat(0.0f);
+      for (int j = 0; j < NV; ++j) {
+        h[j] = vexp<kHigh>(Ac[j] * dt[i]) * h[j] + load(Bs + t * n + j * W) * drive;
+        acc = acc + h[j] * load(Cs + t * n + j * W);
+      }
+      y[seq + t] = hsum(acc);
+    }
+    for (int64_t i = 0; i < len; ++i) y[seq + t0 + i] += Dc * p.u[seq + t0 + i];
+  }
+  if (last) {
+    for (int j = 0; j < NV; ++j) store(last + (bi * p.d + c) * n + j * W, h[j]);
+  }
+}
+
+struct Grads {
+  const float *dy, *dlast, *checkpoints;
+  float *du, *ddelta, *dA_part, *dD_part, *dbias_part, *dB_part, *dC_part;
+};
+
+template <int NV, bool kHigh>
+void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c, float* dB_part, float* dC_part) {
+  const int64_t n = p.n_pad;
+  const int64_t seq = (bi * p.d + c) * p.L;
+  const int64_t gi = c / (p.d / p.g);
+  const int64_t bc = (bi * p.g + gi) * p.L * n;
+  const float Dc = p.D ? p.D[c] : 0.0f;
+  const float bias = p.bias ? p.bias[c] : 0.0f;
+  const float* ck = gr.checkpoints + (bi * p.d + c) * p.segments() * n;
+  V Ac[NV], r[NV], dA[NV];
+  for (int j = 0; j < NV; ++j) {
+    Ac[j] = load(p.A + c * n + j * W);
+    r[j] = gr.dlast ? load(gr.dlast + (bi * p.d + c) * n + j * W) : splat(0.0f);  // adjoint from step t + 1
+    dA[j] = splat(0.0f);
+  }
+  V states[kSegment + 1][NV];  // states[0]: before the segment; states[1 + i]: after its step i
+  V decays[kSegment][NV];
+  alignas(64) float dt[kSegment], slope[kSegment];
+  float dD = 0.0f, dbias = 0.0f;
+  for (int64_t seg = p.segments() - 1; seg >= 0; --seg) {
+    const int64_t t0 = seg * kSegment;
+    const int64_t len = p.L - t0 < kSegment ? p.L - t0 : kSegment;
+    step_sizes<true>(p, p.delta + seq, bias, t0, len, dt, slope);
+    for (int j = 0; j < NV; ++j) states[0][j] = load(ck + seg * n + j * W);
+    for (int64_t i = 0; i < len; ++i) {
+      const float drive = dt[i] * p.u[seq + t0 + i];
+      for (int j = 0; j < NV; ++j) {
+        decays[i][j] = vexp<kHigh>(Ac[j] * dt[i]);
+        states[i + 1][j] = decays[i][j] * states[i][j] + load(p.B + bc + (t0 + i) * n + j * W) * drive;
+      }
+    }
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = t0 + i;
+      const float ut = p.u[seq + t];
+      const float drive = dt[i] * ut;
+      const float gy = gr.dy[seq + t];
+      V ddrive = splat(0.0f), dstep = splat(0.0f);
+      for (int j = 0; j < NV; ++j) {
+        const int64_t at = bc + t * n + j * W;
+        const V g = r[j] + load(p.C + at) * gy;  // dL/dh_t
+        store(dC_part + at, load(dC_part + at) + states[i + 1][j] * gy);
+        store(dB_part + at, load(dB_part + at) + g * drive);
+        ddrive = ddrive + g * load(p.B + at);
+        const V w = g * decays[i][j] * states[i][j];  // through exp(dt A) h_{t-1}
+        dstep = dstep + w * Ac[j];
+        dA[j] = dA[j] + w * dt[i];
+        r[j] = decays[i][j] * g;
+      }
+      const float ddrive_s = hsum(ddrive);
+      const float ddelta = (ddrive_s * ut + hsum(dstep)) * slope[i];
+      gr.du[seq + t] = ddrive_s * dt[i] + gy * Dc;
+      gr.ddelta[seq + t] = ddelta;
+      dD += gy * ut;
+      dbias += ddelta;
+    }
+  }
+  for (int j = 0; j < NV; ++j) store(gr.dA_part + (bi * p.d + c) * n + j * W, dA[j]);
+  gr.dD_part[bi * p.d + c] = dD;
+  gr.dbias_part[bi * p.d + c] = dbias;
+}
+
+template <int NV, bool kHigh>
+void forward_all(const Problem& p, float* y, float* last, float* checkpoints, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t idx = 0; idx < p.b * p.d; ++idx) {
+    forward_sequence<NV, kHigh>(p, idx / p.d, idx % p.d, y, last, checkpoints);
+  }
+}
+
+template <int NV, bool kHigh>
+void backward_all(const Problem& p, const Grads& gr, int threads) {
+  const int64_t part = p.b * p.g * p.L * p.n_pad;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t idx = 0; idx < p.b * p.d; ++idx) {
+    const int tid = omp_get_thread_num();
+    backward_sequence<NV, kHigh>(p, gr, idx / p.d, idx % p.d, gr.dB_part + tid * part, gr.dC_part + tid * part);
+  }
+}
+
+// Number of vectors per state, or 0 when the shapes cannot run here.
+int vectors(const Problem& p) {
+  if (p.b <= 0 || p.d <= 0 || p.L <= 0 || p.g <= 0 || p.d % p.g != 0 || p.n_pad <= 0 || p.n_pad % W != 0) return 0;
+  const int64_t nv = p.n_pad / W;
+  return nv <= kMaxVectors ? static_cast<int>(nv) : 0;
+}
+
+
+// Runs fn<NV, kHigh>() for the problem's vector count; returns 1 when the shapes cannot run here.
+template <template <int, bool> class Fn, typename... Args>
+int dispatch(const Problem& p, bool nonpositive, Args... args) {
+  switch (vectors(p) * 2 + (nonpositive ? 0 : 1)) {
+    case 2: Fn<1, false>::run(p, args...); return 0;
+    case 3: Fn<1, true>::run(p, args...); return 0;
+    case 4: Fn<2, false>::run(p, args...); return 0;
+    case 5: Fn<2, true>::run(p, args...); return 0;
+    case 6: Fn<3, false>::run(p, args...); return 0;
+    case 7: Fn<3, true>::run(p, args...); return 0;
+    case 8: Fn<4, false>::run(p, args...); return 0;
+    case 9: Fn<4, true>::run(p, args...); return 0;
+    default: return 1;
+  }
+}
+
+template <int NV, bool kHigh>
+struct Forward {
+  static void run(const Problem& p, float* y, float* last, float* checkpoints, int threads) {
+    forward_all<NV, kHigh>(p, y, last, checkpoints, threads);
+  }
+};
+
+template <int NV, bool kHigh>
+struct Backward {
+  static void run(const Problem& p, const Grads* gr, int threads) { backward_all<NV, kHigh>(p, *gr, threads); }
+};
+
+}  // namespace
+
+extern "C" {
+
+int hf_medmamba_scan_api_version() { return 3; }
+
+int hf_medmamba_scan_vector_width() { return W; }
+
+int hf_medmamba_scan_max_state() { return kMaxVectors * W; }
+
+int hf_medmamba_scan_segment() { return kSegment; }
+
+int hf_medmamba_scan_forward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, const float* u,
+                             const float* delta, const float* A, const float* B, const float* C, const float* D,
+                             const float* delta_bias, int softplus, int nonpositive, float* y, float* last,
+                             float* checkpoints, int threads) {
+  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0};
+  return dispatch<Forward>(p, nonpositive != 0, y, last, checkpoints, threads);
+}
+
+int hf_medmamba_scan_backward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, const float* u,
+                              const float* delta, const float* A, const float* B, const float* C, const float* D,
+                              const float* delta_bias, int softplus, int nonpositive, const float* dy,
+                              const float* dlast, const float* checkpoints, float* du, float* ddelta, float* dA_part,
+                              float* dD_part, float* dbias_part, float* dB_part, float* dC_part, int threads) {
+  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0};
+  const Grads gr{dy, dlast, checkpoints, du, ddelta, dA_part, dD_part, dbias_part, dB_part, dC_part};
+  return dispatch<Backward>(p, nonpositive != 0, &gr, threads);
+}
+
+}  // extern "C"
