@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .selective_scan import selective_scan
+from .selective_scan import SCAN_BACKENDS, selective_scan
 
 
 NUM_DIRECTIONS = 4
@@ -112,7 +112,7 @@ class SS2D(nn.Module):
             init.uniform_(self.dt_projs_weight, -dt_std, dt_std)
         if not getattr(self.dt_projs_bias, "_is_hf_initialized", False):
             log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
-            dt = torch.exp(torch.rand(self.dt_projs_bias.shape) * (log_max - log_min) + log_min)
+            dt = torch.exp(torch.rand(self.dt_projs_bias.shape, device="cpu") * (log_max - log_min) + log_min)
             dt = dt.clamp(min=self.dt_init_floor)
             init.copy_(self.dt_projs_bias, dt + torch.log(-torch.expm1(-dt)))
         A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.A_logs.shape[0], -1)
@@ -149,3 +149,16 @@ class SS2D(nn.Module):
                 backend=self.scan_backend,
             )
             return cross_merge(ys.view(batch, K, E, -1), height, width)
+
+
+class ScanBackendMixin:
+    """``model.set_scan_backend(name)``: switch every SS2D of a model (and its config) to another scan backend."""
+
+    def set_scan_backend(self, backend):
+        if backend not in SCAN_BACKENDS:
+            raise ValueError(f"Unknown scan backend {backend!r}; choose one of {', '.join(SCAN_BACKENDS)}.")
+        self.config.scan_backend = backend
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.scan_backend = backend
+        return self

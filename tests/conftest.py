@@ -33,3 +33,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def busi_cls_images(split="train", per_class=2):
+    """A few real BUSI ultrasound images per class (PIL, gray) with their class index, in class order."""
+    import PIL.Image
+
+    root = shared_path("data", "busi_cls", split)
+    images, labels = [], []
+    for index, name in enumerate(sorted(p.name for p in root.iterdir())):
+        for path in sorted((root / name).glob("*.png"))[:per_class]:
+            with PIL.Image.open(path) as image:
+                images.append(image.copy())
+            labels.append(index)
+    return images, labels

@@ -1,0 +1,30 @@
+"""Upstream checkpoints -> hf_medmamba models: the key maps (data) and the functions that apply them.
+
+Not part of the remote-code files: nothing in the modeling files imports this module.
+"""
+
+# Upstream MedMamba ``VSSM`` keys -> ``MedMambaForImageClassification`` keys: a prefix change only; every name below
+# the prefix is upstream's.
+MEDMAMBA_PREFIXES = {
+    "patch_embed.": "medmamba.patch_embed.",
+    "layers.": "medmamba.layers.",
+    "head.": "head.",
+}
+
+
+def map_prefixes(state_dict, prefixes):
+    """Rename keys by their leading prefix; a key that matches no prefix raises (nothing is dropped silently)."""
+    mapped, unknown = {}, []
+    for key, value in state_dict.items():
+        for old, new in prefixes.items():
+            if key.startswith(old):
+                mapped[new + key[len(old) :]] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyError(
+            f"{len(unknown)} key(s) match none of the expected prefixes {sorted(prefixes)}: {unknown[:5]}. "
+            "This is not a checkpoint of the expected architecture."
+        )
+    return mapped

@@ -1,0 +1,180 @@
+"""MedMamba (Yue & Li, 2024, "MedMamba: Vision Mamba for Medical Image Classification") for transformers.
+
+Module and parameter names below ``medmamba.`` equal upstream ``VSSM``'s (``patch_embed``, ``layers.{i}.blocks.{j}``,
+``layers.{i}.downsample``), and the classifier is ``head``, so an upstream state dict loads after a prefix change
+(`hf_medmamba.convert.MEDMAMBA_PREFIXES`).
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+
+from .configuration_medmamba import MedMambaConfig
+from .ss2d import SS2D, ScanBackendMixin
+from .validation import check_class_labels, check_pixel_values
+from .vss_layers import DropPath, PatchEmbed2D, PatchMerging2D, VSSStage, ss2d_from_config, stochastic_depth_rates
+
+
+class MedMambaConvBranch(nn.Sequential):
+    """The convolution branch of a Conv-SSM block: BN, conv3x3, BN, ReLU, conv3x3, BN, ReLU, conv1x1, ReLU (NCHW)."""
+
+    def __init__(self, channels):
+        super().__init__(
+            nn.BatchNorm2d(channels),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=1),
+            nn.ReLU(),
+        )
+
+
+class MedMambaBlock(GradientCheckpointingLayer):
+    """Conv-SSM block (upstream ``SS_Conv_SSM``).
+
+    The channels are split in half: the left half goes through the convolution branch, the right half through
+    LayerNorm -> SS2D -> DropPath. The two halves are concatenated (convolution first), interleaved by a channel
+    shuffle with two groups (output channel 2j = conv[j], 2j + 1 = ssm[j]) and added to the block input.
+    """
+
+    def __init__(self, config, dim, drop_path=0.0):
+        super().__init__()
+        half = dim // 2
+        self.ln_1 = nn.LayerNorm(half, eps=config.layer_norm_eps)
+        self.self_attention = ss2d_from_config(config, half)  # upstream's name for the SS2D module
+        self.drop_path = DropPath(drop_path)
+        self.conv33conv33conv11 = MedMambaConvBranch(half)
+
+    def forward(self, hidden_states):
+        batch, height, width, channels = hidden_states.shape
+        left, right = hidden_states.chunk(2, dim=-1)
+        ssm = self.drop_path(self.self_attention(self.ln_1(right)))
+        conv = self.conv33conv33conv11(left.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # NHWC -> NCHW -> NHWC
+        mixed = torch.cat([conv, ssm], dim=-1).view(batch, height, width, 2, channels // 2)
+        mixed = mixed.transpose(3, 4).reshape(batch, height, width, channels)  # channel shuffle, 2 groups
+        return mixed + hidden_states
+
+
+class MedMambaPreTrainedModel(ScanBackendMixin, PreTrainedModel):
+    config_class = MedMambaConfig
+    config: MedMambaConfig
+    base_model_prefix = "medmamba"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MedMambaBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Upstream MedMamba: Linear trunc-normal(0.02) with zero bias, LayerNorm 1/0, SS2D's special init, and every
+        Conv2d re-initialised with kaiming-normal (fan_out, relu) while conv biases keep PyTorch's default."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
+                init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, SS2D):
+            module.reset_ssm_parameters()
+
+
+class MedMambaModel(MedMambaPreTrainedModel):
+    """MedMamba backbone: patch embedding and the Conv-SSM stages, with global average pooling (no final norm)."""
+
+    _auto_class = "AutoModel"
+
+    def __init__(self, config):
+        super().__init__(config)
+        dims = config.dims
+        self.patch_embed = PatchEmbed2D(config.patch_size, config.num_channels, dims[0], config.layer_norm_eps)
+        rates = stochastic_depth_rates(config.drop_path_rate, config.depths)
+        self.layers = nn.ModuleList(
+            VSSStage(
+                [MedMambaBlock(config, dims[i], rate) for rate in rates[i]],
+                PatchMerging2D(dims[i], config.layer_norm_eps) if i < len(dims) - 1 else None,
+            )
+            for i in range(len(dims))
+        )
+        self.post_init()
+
+    def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""
+        Returns a `BaseModelOutputWithPoolingAndNoAttention`: ``last_hidden_state`` (batch, C, H/32, W/32),
+        ``pooler_output`` (batch, C), and with ``output_hidden_states`` the patch embedding and the output of every
+        stage (after its downsampling, as upstream's ``layers.{i}``), all channels-first.
+        """
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        multiple = self.config.patch_size * 2 ** (len(self.config.depths) - 1)
+        check_pixel_values(pixel_values, self.config.num_channels, "MedMamba", multiple=multiple, min_size=multiple)
+
+        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
+        hidden_states = self.patch_embed(pixel_values)  # (B, H/4, W/4, C0)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        for stage in self.layers:
+            hidden_states = stage(hidden_states)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+
+        last_hidden_state = hidden_states.permute(0, 3, 1, 2)  # (B, C, H, W)
+        pooled = last_hidden_state.mean(dim=(2, 3))
+        hidden_states_out = tuple(h.permute(0, 3, 1, 2) for h in all_hidden_states) if output_hidden_states else None
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states_out
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MedMambaForImageClassification(MedMambaPreTrainedModel):
+    """MedMamba with a linear classifier (``head``) on the pooled features."""
+
+    _auto_class = "AutoModelForImageClassification"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.medmamba = MedMambaModel(config)
+        self.head = nn.Linear(config.dims[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(self, pixel_values=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""
+        labels (`torch.Tensor` of shape `(batch,)` or `(batch, num_labels)`, *optional*):
+            Class indices for single-label classification, multi-hot floats for multi-label classification, or
+            targets for regression (`config.problem_type` decides; it is inferred on the first call if unset).
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.medmamba(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.head(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            if self.config.problem_type in (None, "single_label_classification") and self.num_labels > 1:
+                check_class_labels(labels, self.num_labels, "MedMambaForImageClassification")
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["MedMambaForImageClassification", "MedMambaModel", "MedMambaPreTrainedModel"]

@@ -1,0 +1,145 @@
+"""Building blocks shared by MedMamba, VMamba (v0) and VM-UNet. Activations are channels-last (B, H, W, C).
+
+Module and parameter names follow upstream (``proj``, ``norm``, ``reduction``, ``expand``, ``ln_1``,
+``self_attention``, ``blocks``, ``downsample``, ``upsample``), so upstream state dicts load without renaming.
+"""
+
+import torch
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .ss2d import SS2D
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample: drops the whole residual branch with probability ``drop_prob`` in training."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states):
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
+        mask = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
+        return hidden_states * mask / keep_prob
+
+    def extra_repr(self):
+        return f"p={self.drop_prob}"
+
+
+class PatchEmbed2D(nn.Module):
+    """Non-overlapping patch embedding (upstream ``PatchEmbed2D``): conv k=s=patch, then LayerNorm, channels-last."""
+
+    def __init__(self, patch_size, in_channels, embed_dim, layer_norm_eps=1e-5):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
+
+    def forward(self, pixel_values):
+        return self.norm(self.proj(pixel_values).permute(0, 2, 3, 1))  # (B, C, H, W) -> (B, H/p, W/p, D)
+
+
+class PatchMerging2D(nn.Module):
+    """2x downsampling (upstream ``PatchMerging2D``): the four 2x2 phases side by side, LayerNorm, Linear 4C -> 2C.
+
+    Phase order, as (row, col) offsets: (0, 0), (1, 0), (0, 1), (1, 1). Height and width must be even.
+    """
+
+    def __init__(self, dim, layer_norm_eps=1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=layer_norm_eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, hidden_states):
+        phases = [hidden_states[:, r::2, c::2] for r, c in ((0, 0), (1, 0), (0, 1), (1, 1))]
+        return self.reduction(self.norm(torch.cat(phases, dim=-1)))  # (B, H/2, W/2, 2C)
+
+
+class PatchExpand(nn.Module):
+    """``scale``-times upsampling (upstream ``PatchExpand2D`` with scale 2, ``Final_PatchExpand2D`` with 4).
+
+    Linear ``in_dim -> scale^2 * out_dim``, channels rearranged as (row offset, col offset, channel) with the channel
+    innermost into a ``scale`` times larger grid, then LayerNorm over ``out_dim``.
+    """
+
+    def __init__(self, in_dim, out_dim, scale, layer_norm_eps=1e-5):
+        super().__init__()
+        self.scale, self.out_dim = scale, out_dim
+        self.expand = nn.Linear(in_dim, scale * scale * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim, eps=layer_norm_eps)
+
+    def forward(self, hidden_states):
+        batch, height, width, _ = hidden_states.shape
+        s = self.scale
+        x = self.expand(hidden_states).view(batch, height, width, s, s, self.out_dim)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height * s, width * s, self.out_dim)  # (B, sH, sW, C)
+        return self.norm(x)
+
+
+def ss2d_from_config(config, dim):
+    """SS2D of width ``dim`` with the SSM settings of a MedMamba / VMamba / VM-UNet config."""
+    return SS2D(
+        d_model=dim,
+        d_state=config.d_state,
+        d_conv=config.d_conv,
+        expand=config.expand,
+        dt_rank=config.dt_rank,
+        dt_min=config.dt_min,
+        dt_max=config.dt_max,
+        dt_init=config.dt_init,
+        dt_scale=config.dt_scale,
+        dt_init_floor=config.dt_init_floor,
+        layer_norm_eps=config.layer_norm_eps,
+        scan_backend=config.scan_backend,
+    )
+
+
+class VSSBlock(GradientCheckpointingLayer):
+    """Visual state-space block (upstream ``VSSBlock``): ``x + DropPath(SS2D(LayerNorm(x)))``."""
+
+    def __init__(self, config, dim, drop_path=0.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.self_attention = ss2d_from_config(config, dim)  # upstream's name for the SS2D module
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, hidden_states):
+        return hidden_states + self.drop_path(self.self_attention(self.ln_1(hidden_states)))
+
+
+class VSSStage(nn.Module):
+    """One encoder stage (upstream ``VSSLayer``): its blocks, then an optional 2x ``downsample``."""
+
+    def __init__(self, blocks, downsample=None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+    def forward(self, hidden_states):
+        for block in self.blocks:
+            hidden_states = block(hidden_states)
+        if self.downsample is not None:
+            hidden_states = self.downsample(hidden_states)
+        return hidden_states
+
+
+def stochastic_depth_rates(rate, depths, reverse=False):
+    """Per-stage lists of drop-path rates, linear in the global block index from 0 to ``rate`` (upstream)."""
+    rates = torch.linspace(0, rate, sum(depths), device="cpu").tolist()
+    if reverse:
+        rates = rates[::-1]
+    out, start = [], 0
+    for depth in depths:
+        out.append(rates[start : start + depth])
+        start += depth
+    return out
+
+
+def stage_widths(dims, num_stages):
+    """``dims`` as given (a list) or, for an int ``d``, ``[d, 2d, 4d, ...]`` (upstream convention)."""
+    if isinstance(dims, int):
+        return [dims * 2**i for i in range(num_stages)]
+    return list(dims)
