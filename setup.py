@@ -18,9 +18,21 @@ CORE = [
 ]
 
 EXTRAS = {
+    # fine-tuning and evaluation: data loading, training loop, metrics, augmentation, plots, NIfTI volumes
+    "train": [
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "evaluate>=0.4",
+        "scikit-learn>=1.4",
+        "monai>=1.4",
+        "albumentations>=2.0",
+        "matplotlib>=3.8",
+        "nibabel>=5.0",
+    ],
     "cuda": ["mamba-ssm>=1.0.1"],
 }
 EXTRAS["dev"] = [
+    *EXTRAS["train"],
     "pytest>=8",
     "ruff>=0.6",
     "build>=1.2",

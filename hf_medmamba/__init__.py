@@ -1,33 +1,69 @@
-"""MedMamba and VM-UNet as Hugging Face transformers models, with a selective scan that runs anywhere.
+"""MedMamba, VMamba (v0) and VM-UNet as Hugging Face transformers models, with a selective scan that runs anywhere.
 
 Importing the package registers the models with the transformers Auto classes. The scan itself lives in
 `hf_medmamba.selective_scan` (``from hf_medmamba.selective_scan import selective_scan``).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+)
 
 from .configuration_medmamba import MEDMAMBA_PRESETS, MedMambaConfig
+from .configuration_vmamba import VMAMBA_PRESETS, VMambaConfig
+from .configuration_vmunet import VMUNET_PRESETS, VMUNetConfig
 from .image_processing_medmamba import MedMambaImageProcessor
+from .image_processing_vmamba import VMambaImageProcessor
+from .image_processing_vmunet import VMUNetImageProcessor
 from .modeling_medmamba import MedMambaForImageClassification, MedMambaModel, MedMambaPreTrainedModel
+from .modeling_vmamba import VMambaForImageClassification, VMambaModel, VMambaPreTrainedModel
+from .modeling_vmunet import VMUNetForSegmentation, VMUNetModel, VMUNetPreTrainedModel
 from .selective_scan import SCAN_BACKENDS, resolve_scan_backend
 from .ss2d import SS2D
 
 
 __version__ = "0.1.0"
 
-AutoConfig.register(MedMambaConfig.model_type, MedMambaConfig, exist_ok=True)
-AutoModel.register(MedMambaConfig, MedMambaModel, exist_ok=True)
-AutoModelForImageClassification.register(MedMambaConfig, MedMambaForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MedMambaConfig, image_processor_classes={"pil": MedMambaImageProcessor}, exist_ok=True)
+_REGISTRY = [
+    (
+        MedMambaConfig,
+        MedMambaModel,
+        AutoModelForImageClassification,
+        MedMambaForImageClassification,
+        MedMambaImageProcessor,
+    ),
+    (VMambaConfig, VMambaModel, AutoModelForImageClassification, VMambaForImageClassification, VMambaImageProcessor),
+    (VMUNetConfig, VMUNetModel, AutoModelForSemanticSegmentation, VMUNetForSegmentation, VMUNetImageProcessor),
+]
+for _config, _base, _auto_head, _head, _processor in _REGISTRY:
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _base, exist_ok=True)
+    _auto_head.register(_config, _head, exist_ok=True)
+    AutoImageProcessor.register(_config, image_processor_classes={"pil": _processor}, exist_ok=True)
 
 __all__ = [
     "MEDMAMBA_PRESETS",
     "SCAN_BACKENDS",
     "SS2D",
+    "VMAMBA_PRESETS",
+    "VMUNET_PRESETS",
     "MedMambaConfig",
     "MedMambaForImageClassification",
     "MedMambaImageProcessor",
     "MedMambaModel",
     "MedMambaPreTrainedModel",
+    "VMUNetConfig",
+    "VMUNetForSegmentation",
+    "VMUNetImageProcessor",
+    "VMUNetModel",
+    "VMUNetPreTrainedModel",
+    "VMambaConfig",
+    "VMambaForImageClassification",
+    "VMambaImageProcessor",
+    "VMambaModel",
+    "VMambaPreTrainedModel",
     "resolve_scan_backend",
 ]

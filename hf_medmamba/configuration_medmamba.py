@@ -2,7 +2,7 @@
 
 from transformers import PretrainedConfig
 
-from .configuration_ssm import check_labels, check_ssm_settings, check_stages, resolve_preset
+from .configuration_ssm import check_labels, check_ssm_settings, check_stages, preset_kwargs
 from .vss_layers import stage_widths
 
 
@@ -131,7 +131,7 @@ class MedMambaConfig(PretrainedConfig):
     @classmethod
     def from_preset(cls, name, **kwargs):
         """MedMamba-T, -S or -B (``"medmamba-t"``, ``"medmamba-s"``, ``"medmamba-b"``); ``kwargs`` override."""
-        return cls(**{**resolve_preset(MEDMAMBA_PRESETS, name, cls.__name__), **kwargs})
+        return cls(**preset_kwargs(MEDMAMBA_PRESETS, name, kwargs, cls.__name__))
 
     @property
     def num_stages(self):

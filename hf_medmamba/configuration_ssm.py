@@ -37,8 +37,13 @@ def check_ssm_settings(config, model_name):
         raise ValueError(f"{model_name}: dt_rank must be 'auto' or a positive integer, got {config.dt_rank!r}.")
 
 
-def resolve_preset(presets, name, model_name):
+def preset_kwargs(presets, name, overrides, model_name):
+    """A preset's settings updated with ``overrides``; labels given in ``overrides`` replace the preset's."""
     key = str(name).lower().replace("_", "-")
     if key not in presets:
         raise ValueError(f"{model_name}: unknown preset {name!r}; available presets: {', '.join(sorted(presets))}.")
-    return dict(presets[key])
+    settings = dict(presets[key])
+    if "id2label" in overrides or "num_labels" in overrides:
+        settings.pop("num_labels", None)
+        settings.pop("id2label", None)
+    return {**settings, **overrides}

@@ -12,8 +12,24 @@ MEDMAMBA_PREFIXES = {
 }
 
 
+# VMamba v0 checkpoint (``ckpt["model"]``) keys -> ``VMambaForImageClassification`` keys.
+VMAMBA_PREFIXES = {
+    "patch_embed.": "vmamba.patch_embed.",
+    "layers.": "vmamba.layers.",
+    "norm.": "vmamba.norm.",
+    "head.": "head.",
+}
+
+# Upstream ``VMUNet`` keys -> ``VMUNetForSegmentation`` keys: the 1x1 head moves up one level, the rest is unchanged.
+VMUNET_PREFIXES = {
+    "vmunet.final_conv.": "final_conv.",
+    "vmunet.": "vmunet.",
+}
+
+
 def map_prefixes(state_dict, prefixes):
-    """Rename keys by their leading prefix; a key that matches no prefix raises (nothing is dropped silently)."""
+    """Rename keys by their leading prefix (the first match in ``prefixes`` order); a key that matches no prefix
+    raises (nothing is dropped silently)."""
     mapped, unknown = {}, []
     for key, value in state_dict.items():
         for old, new in prefixes.items():

@@ -150,6 +150,28 @@ def resize_array(array, height, width, resample, exact_8bit):
     return np.stack(channels)
 
 
+def output_size(shape, size):
+    """(height, width) after resizing ``shape`` to ``size``: exact height/width, or the shortest edge scaled to
+    ``size.shortest_edge`` with the longer one truncated, as torchvision's ``Resize(int)``."""
+    height, width = shape
+    if size.height and size.width:
+        return size.height, size.width
+    if size.shortest_edge:
+        short, long = sorted((height, width))
+        new_short, new_long = size.shortest_edge, int(size.shortest_edge * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+    raise ValueError(f"size must have 'height' and 'width' or 'shortest_edge', got {dict(size)}.")
+
+
+def center_crop(array, height, width):
+    """Central (height, width) window of a (C, H, W) array, offsets rounded as torchvision's ``CenterCrop``."""
+    h, w = array.shape[1:]
+    if height > h or width > w:
+        raise ImageInputError(f"cannot centre-crop {height}x{width} out of a {h}x{w} image; resize it first.")
+    top, left = round((h - height) / 2), round((w - width) / 2)
+    return array[:, top : top + height, left : left + width]
+
+
 def as_image_list(images):
     """A single image, a list of images, or a 4-D batch array/tensor (N, C, H, W) or (N, H, W, C) as a list."""
     if isinstance(images, (list, tuple)):
@@ -187,12 +209,30 @@ class MedicalImageProcessor(PilBackend):
     do_convert_rgb = True
     num_channels = 3
 
-    def prepare_image(self, image, num_channels, do_convert_rgb, do_resize, size, resample):
-        """One image as a (num_channels, H, W) float array on the 8-bit scale, resized if asked."""
+    def prepare_image(
+        self,
+        image,
+        num_channels,
+        do_convert_rgb,
+        do_resize,
+        size,
+        resample,
+        do_center_crop=None,
+        crop_size=None,
+        **kwargs,
+    ):
+        """One image as a (num_channels, H, W) float array on the 8-bit scale, resized and cropped if asked."""
         array, is_8bit = to_model_array(image, num_channels, convert=do_convert_rgb)
+        array, is_8bit = self.adjust_intensity(array, is_8bit, **kwargs)
         if do_resize:
-            array = resize_array(array, size.height, size.width, resample, exact_8bit=is_8bit)
+            array = resize_array(array, *output_size(array.shape[1:], size), resample, exact_8bit=is_8bit)
+        if do_center_crop:
+            array = center_crop(array, crop_size.height, crop_size.width)
         return array
+
+    def adjust_intensity(self, array, is_8bit, **kwargs):
+        """Hook before resizing (the ISIC min-max mode of VM-UNet); returns the array and whether it is 8-bit data."""
+        return array, is_8bit
 
     def normalize_image(self, array, do_rescale, rescale_factor, do_normalize, image_mean, image_std, **kwargs):
         if do_rescale:
@@ -213,14 +253,7 @@ class MedicalImageProcessor(PilBackend):
 
     def process_one(self, image, **kwargs):
         try:
-            array = self.prepare_image(
-                image,
-                num_channels=kwargs["num_channels"],
-                do_convert_rgb=kwargs["do_convert_rgb"],
-                do_resize=kwargs["do_resize"],
-                size=kwargs["size"],
-                resample=kwargs["resample"],
-            )
+            array = self.prepare_image(image, **kwargs)
         except ImageInputError as err:
             raise ImageInputError(f"{type(self).__name__}: {err}") from None
         return self.normalize_image(array, **kwargs)

@@ -12,12 +12,20 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_medmamba import MedMambaConfig
 from .ss2d import SS2D, ScanBackendMixin
-from .validation import check_class_labels, check_pixel_values
-from .vss_layers import DropPath, PatchEmbed2D, PatchMerging2D, VSSStage, ss2d_from_config, stochastic_depth_rates
+from .validation import check_pixel_values
+from .vss_layers import (
+    DropPath,
+    PatchEmbed2D,
+    PatchMerging2D,
+    VSSStage,
+    classifier_output,
+    ss2d_from_config,
+    stochastic_depth_rates,
+)
 
 
 class MedMambaConvBranch(nn.Sequential):
@@ -168,13 +176,7 @@ class MedMambaForImageClassification(MedMambaPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.medmamba(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.head(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            if self.config.problem_type in (None, "single_label_classification") and self.num_labels > 1:
-                check_class_labels(labels, self.num_labels, "MedMambaForImageClassification")
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-        return output if return_dict else output.to_tuple()
+        return classifier_output(self, logits, labels, outputs.hidden_states, return_dict)
 
 
 __all__ = ["MedMambaForImageClassification", "MedMambaModel", "MedMambaPreTrainedModel"]

@@ -74,3 +74,47 @@ def check_class_labels(labels, num_labels, model_name, ignore_index=-100):
             f"{model_name}: labels must be class indices in [0, {num_labels - 1}] (num_labels = {num_labels}), got "
             f"{bad}. Check the label mapping of the dataset (id2label / label2id) and config.num_labels."
         )
+
+
+def check_segmentation_labels(labels, logits, num_labels, ignore_index, model_name):
+    """Per-pixel class indices of the logits' size, in [0, num_labels) or ``ignore_index``, not all ignored.
+
+    A binary model given upstream's raw {0, 255} masks (255 = lesion) would otherwise read the lesion as the ignore
+    label and train on background alone: that case is refused with a pointer to the image processor.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{model_name}: labels must be a torch.Tensor, got {type(labels).__name__}.")
+    expected = (logits.shape[0], *logits.shape[-2:])
+    if labels.dim() == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if tuple(labels.shape) != expected:
+        raise ValueError(
+            f"{model_name}: labels of shape {tuple(labels.shape)} do not match the images: expected (batch, height, "
+            f"width) = {expected}. Resize masks together with their images (the image processor does, with nearest "
+            "neighbour for the masks)."
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(
+            f"{model_name}: labels must be integer class indices, got {labels.dtype}. Convert masks with the image "
+            "processor (segmentation_maps=...), which returns int64 labels."
+        )
+    values = labels.unique()
+    valid = (values >= 0) & (values < num_labels)
+    if ignore_index is not None:
+        valid |= values == ignore_index
+    if not bool(valid.all()):
+        raise ValueError(
+            f"{model_name}: labels contain {values[~valid][:5].tolist()}, outside the classes 0..{num_labels - 1} "
+            f"and the ignore index {ignore_index}. A {{0, 255}} mask must be turned into {{0, 1}} (the image "
+            "processor does this); otherwise check id2label."
+        )
+    if num_labels == 2 and ignore_index == 255 and 255 in values and 1 not in values:
+        raise ValueError(
+            f"{model_name}: these labels look like a raw {{0, 255}} mask (255 is also the ignore index, so the "
+            "foreground would be ignored). Pass masks through the image processor, which maps 255 to 1."
+        )
+    if ignore_index is not None and bool((labels == ignore_index).all()):
+        raise ValueError(
+            f"{model_name}: every pixel of the batch carries the ignore index {ignore_index}; there is nothing to "
+            "learn from. Check the masks and semantic_loss_ignore_index."
+        )

@@ -7,8 +7,10 @@ Module and parameter names follow upstream (``proj``, ``norm``, ``reduction``, `
 import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .ss2d import SS2D
+from .validation import check_class_labels
 
 
 class DropPath(nn.Module):
@@ -143,3 +145,17 @@ def stage_widths(dims, num_stages):
     if isinstance(dims, int):
         return [dims * 2**i for i in range(num_stages)]
     return list(dims)
+
+
+def classifier_output(model, logits, labels, hidden_states, return_dict):
+    """The `ImageClassifierOutputWithNoAttention` of a classifier head, with transformers' problem-type loss.
+
+    Class-index labels are checked against ``num_labels`` first, so a wrong label map fails with a clear message.
+    """
+    loss = None
+    if labels is not None:
+        if model.config.problem_type in (None, "single_label_classification") and model.config.num_labels > 1:
+            check_class_labels(labels, model.config.num_labels, type(model).__name__)
+        loss = model.loss_function(labels=labels, pooled_logits=logits, config=model.config)
+    output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
+    return output if return_dict else output.to_tuple()

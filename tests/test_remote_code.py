@@ -10,56 +10,92 @@ import subprocess
 import sys
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 
-from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, MedMambaImageProcessor
+from hf_medmamba import (
+    MedMambaConfig,
+    MedMambaForImageClassification,
+    MedMambaImageProcessor,
+    VMambaConfig,
+    VMambaForImageClassification,
+    VMambaImageProcessor,
+    VMUNetConfig,
+    VMUNetForSegmentation,
+    VMUNetImageProcessor,
+)
 
 from .conftest import shared_path
 
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
+SHARED_FILES = {"configuration_ssm.py", "ss2d.py", "selective_scan.py", "vss_layers.py", "validation.py"}
+PROCESSING = {"image_processing_common.py"}
 REMOTE_FILES = {
-    "configuration_medmamba.py",
-    "configuration_ssm.py",
-    "modeling_medmamba.py",
-    "ss2d.py",
-    "selective_scan.py",
-    "vss_layers.py",
-    "validation.py",
-    "image_processing_medmamba.py",
-    "image_processing_common.py",
+    "medmamba": SHARED_FILES
+    | PROCESSING
+    | {"configuration_medmamba.py", "modeling_medmamba.py", "image_processing_medmamba.py"},
+    "vmamba": SHARED_FILES
+    | PROCESSING
+    | {"configuration_vmamba.py", "modeling_vmamba.py", "image_processing_vmamba.py"},
+    "vmunet": SHARED_FILES
+    | PROCESSING
+    | {"configuration_vmunet.py", "modeling_vmunet.py", "losses.py", "configuration_vmamba.py", "modeling_vmamba.py"}
+    | {"image_processing_vmunet.py"},
 }
+TINY = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
 
 
-def save_medmamba(folder):
-    torch.manual_seed(0)
-    config = MedMambaConfig(
-        depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], id2label={0: "benign", 1: "malignant", 2: "normal"}
-    )
-    model = MedMambaForImageClassification(config).eval()
-    model.save_pretrained(folder)
-    MedMambaImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
-    x = torch.randn(2, 3, 64, 64)
+def save_case(folder, model, processor, task, head_class, image):
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    x = torch.randn(2, model.config.num_channels, 64, 64)
     with torch.no_grad():
         expected = model(x).logits
     torch.save(x, folder / "input.pt")
     torch.save(expected, folder / "expected.pt")
     return {
         "folder": str(folder),
-        "auto_classes": ["AutoModel", "AutoModelForImageClassification"],
-        "head_class": "AutoModelForImageClassification",
-        "task": "image-classification",
+        "auto_classes": ["AutoModel", head_class],
+        "head_class": head_class,
+        "task": task,
         "input": str(folder / "input.pt"),
         "expected": str(folder / "expected.pt"),
-        "image": str(shared_path("data", "busi_cls", "test", "benign", "benign_0003.png")),
+        "image": str(image),
     }
+
+
+def saved_cases(root):
+    torch.manual_seed(0)
+    classify = ("image-classification", "AutoModelForImageClassification")
+    segment = ("image-segmentation", "AutoModelForSemanticSegmentation")
+    ultrasound = shared_path("data", "busi_cls", "test", "benign", "benign_0003.png")
+    lesion = shared_path("data", "busi_seg", "test", "images", "benign_0032.png")
+    labels = {0: "benign", 1: "malignant", 2: "normal"}
+    size = {"height": 64, "width": 64}
+    medmamba = MedMambaForImageClassification(MedMambaConfig(**TINY, id2label=labels))
+    vmamba = VMambaForImageClassification(VMambaConfig(**TINY, id2label=labels))
+    vmunet = VMUNetForSegmentation(
+        VMUNetConfig(**TINY, depths_decoder=[1, 1, 1, 1], id2label={0: "background", 1: "lesion"}, sigmoid_head=True)
+    )
+    return [
+        save_case(root / "medmamba", medmamba, MedMambaImageProcessor(size=size), *classify, ultrasound),
+        save_case(
+            root / "vmamba",
+            vmamba,
+            VMambaImageProcessor(size={"shortest_edge": 72}, crop_size=size),
+            *classify,
+            ultrasound,
+        ),
+        save_case(root / "vmunet", vmunet, VMUNetImageProcessor(size=size), *segment, lesion),
+    ]
 
 
 @pytest.fixture(scope="module")
 def fresh_process_reports(tmp_path_factory):
     root = tmp_path_factory.mktemp("remote")
-    cases = [save_medmamba(root / "medmamba")]
+    cases = saved_cases(root)
     spec = root / "cases.json"
     spec.write_text(json.dumps(cases))
     env = dict(os.environ, HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", PYTHONPATH="")
@@ -70,21 +106,43 @@ def fresh_process_reports(tmp_path_factory):
     return {Path(r["folder"]).name: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def test_saved_folder_is_complete(fresh_process_reports, tmp_path_factory):
-    folder = Path(fresh_process_reports["medmamba"]["folder"])
-    assert {p.name for p in folder.glob("*.py")} >= REMOTE_FILES
+@pytest.mark.parametrize(
+    ("name", "head"),
+    [
+        ("medmamba", "AutoModelForImageClassification"),
+        ("vmamba", "AutoModelForImageClassification"),
+        ("vmunet", "AutoModelForSemanticSegmentation"),
+    ],
+)
+def test_saved_folder_is_complete(fresh_process_reports, name, head):
+    folder = Path(fresh_process_reports[name]["folder"])
+    assert REMOTE_FILES[name] <= {p.name for p in folder.glob("*.py")}
     config = json.loads((folder / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", head}
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_medmamba.MedMambaImageProcessor"}
+    assert set(processor["auto_map"]) == {"AutoImageProcessor"}
 
 
-def test_medmamba_loads_as_remote_code(fresh_process_reports):
-    report = fresh_process_reports["medmamba"]
+@pytest.mark.parametrize("name", ["medmamba", "vmamba", "vmunet"])
+def test_loads_as_remote_code_in_a_fresh_process(fresh_process_reports, name):
+    report = fresh_process_reports[name]
     assert not report["hf_medmamba_imported"]
+    assert set(report["classes"]) >= {"AutoModel", "AutoImageProcessor"}
     for auto_name, module in report["classes"].items():
         assert module.startswith("transformers_modules."), (auto_name, module)
     assert report["max_abs_diff"] <= 1e-5  # the pure-PyTorch scan in the child, the compiled kernel here
-    labels = [r["label"] for r in report["pipeline"]]
-    assert sorted(labels) == ["benign", "malignant", "normal"]
-    assert abs(sum(r["score"] for r in report["pipeline"]) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["medmamba", "vmamba"])
+def test_classification_pipeline_in_a_fresh_process(fresh_process_reports, name):
+    results = fresh_process_reports[name]["pipeline"]
+    assert sorted(r["label"] for r in results) == ["benign", "malignant", "normal"]
+    assert abs(sum(r["score"] for r in results) - 1) < 1e-5
+
+
+def test_segmentation_pipeline_in_a_fresh_process(fresh_process_reports):
+    results = fresh_process_reports["vmunet"]["pipeline"]
+    assert results
+    assert {r["label"] for r in results} <= {"background", "lesion"}
+    with PIL.Image.open(shared_path("data", "busi_seg", "test", "images", "benign_0032.png")) as image:
+        assert all(r["mask_size"] == list(image.size) for r in results)
