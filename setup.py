@@ -29,10 +29,13 @@ EXTRAS = {
         "matplotlib>=3.8",
         "nibabel>=5.0",
     ],
+    # medical file formats for the prediction CLI: DICOM and NIfTI
+    "medical": ["pydicom>=2.4", "nibabel>=5.0"],
     "cuda": ["mamba-ssm>=1.0.1"],
 }
 EXTRAS["dev"] = [
     *EXTRAS["train"],
+    *EXTRAS["medical"],
     "pytest>=8",
     "ruff>=0.6",
     "build>=1.2",
@@ -50,6 +53,7 @@ setup(
     package_data={"hf_medmamba": ["kernels/*.cpp"]},
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["hf-medmamba = hf_medmamba.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Medical Science Apps.",

@@ -24,7 +24,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-KERNEL_API_VERSION = 3
+KERNEL_API_VERSION = 4
 SOURCE = Path(__file__).with_name("kernels") / "selective_scan_cpu.cpp"
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
@@ -92,13 +92,18 @@ class _Kernel:
         if lib.hf_medmamba_scan_api_version() != KERNEL_API_VERSION:
             raise RuntimeError(f"{path} has API version {lib.hf_medmamba_scan_api_version()}")
         i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-        self.forward = lib.hf_medmamba_scan_forward
-        self.forward.argtypes = [i64] * 5 + [ptr] * 7 + [i32] * 2 + [ptr] * 3 + [i32]
-        self.backward = lib.hf_medmamba_scan_backward
-        self.backward.argtypes = [i64] * 5 + [ptr] * 7 + [i32] * 2 + [ptr] * 10 + [i32]
+        self._forward = lib.hf_medmamba_scan_forward
+        self._forward.argtypes = [i64] * 8 + [ptr] * 7 + [i32] * 2 + [ptr] * 3 + [i32]
+        self._backward = lib.hf_medmamba_scan_backward
+        self._backward.argtypes = [i64] * 8 + [ptr] * 7 + [i32] * 2 + [ptr] * 10 + [i32]
         self.width = lib.hf_medmamba_scan_vector_width()
         self.max_state = lib.hf_medmamba_scan_max_state()
         self.segment = lib.hf_medmamba_scan_segment()
+
+    def call(self, name, shape, *arrays_and_flags):
+        status = (self._forward if name == "forward" else self._backward)(*shape, *arrays_and_flags)
+        if status:
+            raise RuntimeError(f"the CPU scan kernel rejected the shapes (b, d, L, n_pad, g, stride, H, W) = {shape}")
 
 
 def _ptr(t):
@@ -106,33 +111,32 @@ def _ptr(t):
 
 
 class _FusedScanFunction(torch.autograd.Function):
-    """y = <h_t, C_t> + D u_t and h_L, from raw delta (bias and softplus applied inside the kernel).
+    """The kernel with autograd. ``grid`` is None for plain scans and (height, width) for SS2D scans.
 
-    A is (d, n_pad) and B, C are (b, g, L, n_pad), zero-padded to the kernel's vector width.
+    Plain: y = <h_t, C_t> + D u_t (b, d, L) and h_L. SS2D: y (b, d / 4, L) summed over the four directions. B and C
+    are views into one (b, g, L, stride) tensor ``bc`` whose rows hold B's n_pad values, then C's.
     """
 
     @staticmethod
-    def forward(ctx, kernel, u, delta, A, B, C, D, delta_bias, softplus):
+    def forward(ctx, kernel, grid, u, delta, A, bc, D, delta_bias, softplus):
+        b, d, L = delta.shape
+        g, n_pad, stride = bc.shape[1], A.shape[1], bc.shape[3]
+        height, width = grid or (0, 0)
+        shape = (b, d, L, n_pad, g, stride, height, width)
+        y = torch.empty_like(u)
+        last = None if grid else u.new_empty(b, d, n_pad)
+        needs_grad = any(ctx.needs_input_grad[2:8])
+        checkpoints = u.new_empty(b, d, -(-L // kernel.segment), n_pad) if needs_grad else None
         # With softplus dt >= 0, so A <= 0 makes every exp argument <= 0 and the kernel skips a clamp.
         nonpositive = int(softplus and bool((A <= 0).all()))
-        b, d, L = u.shape
-        g, n_pad = B.shape[1], B.shape[3]
-        y = torch.empty_like(u)
-        last = u.new_empty(b, d, n_pad)
-        needs_grad = any(ctx.needs_input_grad[1:8])
-        checkpoints = u.new_empty(b, d, -(-L // kernel.segment), n_pad) if needs_grad else None
-
-        status = kernel.forward(
-            b,
-            d,
-            L,
-            n_pad,
-            g,
+        kernel.call(
+            "forward",
+            shape,
             _ptr(u),
             _ptr(delta),
             _ptr(A),
-            _ptr(B),
-            _ptr(C),
+            _ptr(bc),
+            _ptr(bc[..., n_pad:]),
             _ptr(D),
             _ptr(delta_bias),
             int(softplus),
@@ -142,66 +146,76 @@ class _FusedScanFunction(torch.autograd.Function):
             _ptr(checkpoints),
             torch.get_num_threads(),
         )
-        if status:
-            raise RuntimeError(f"the CPU scan kernel rejected shapes b={b} d={d} L={L} n_pad={n_pad} g={g}")
-        ctx.kernel, ctx.softplus, ctx.nonpositive = kernel, softplus, nonpositive
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, checkpoints)
-        return y, last
+        ctx.kernel, ctx.shape, ctx.softplus, ctx.nonpositive = kernel, shape, softplus, nonpositive
+        ctx.save_for_backward(u, delta, A, bc, D, delta_bias, checkpoints)
+        return y if grid else (y, last)
 
     @staticmethod
-    def backward(ctx, grad_y, grad_last):
-        u, delta, A, B, C, D, delta_bias, checkpoints = ctx.saved_tensors
-        b, d, L = u.shape
-        g, n_pad = B.shape[1], B.shape[3]
+    def backward(ctx, grad_y, grad_last=None):
+        u, delta, A, bc, D, delta_bias, checkpoints = ctx.saved_tensors
+        b, d, n_pad = delta.shape[0], delta.shape[1], A.shape[1]
         threads = torch.get_num_threads()
-        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dA, dD, dbias = u.new_empty(b, d, n_pad), u.new_empty(b, d), u.new_empty(b, d)
-        dB, dC = u.new_zeros(threads, *B.shape), u.new_zeros(threads, *C.shape)
-        status = ctx.kernel.backward(
-            b,
-            d,
-            L,
-            n_pad,
-            g,
+        dbc = u.new_zeros(threads, *bc.shape)
+        # Keep every array the kernel reads alive for the whole call (a temporary inside the argument list would be
+        # freed as soon as its pointer was taken).
+        dy = grad_y.contiguous()
+        dlast = None if grad_last is None else grad_last.contiguous()
+        ctx.kernel.call(
+            "backward",
+            ctx.shape,
             _ptr(u),
             _ptr(delta),
             _ptr(A),
-            _ptr(B),
-            _ptr(C),
+            _ptr(bc),
+            _ptr(bc[..., n_pad:]),
             _ptr(D),
             _ptr(delta_bias),
             int(ctx.softplus),
             ctx.nonpositive,
-            _ptr(grad_y.contiguous()),
-            _ptr(grad_last.contiguous()),
+            _ptr(dy),
+            _ptr(dlast),
             _ptr(checkpoints),
             _ptr(du),
             _ptr(ddelta),
             _ptr(dA),
             _ptr(dD),
             _ptr(dbias),
-            _ptr(dB),
-            _ptr(dC),
+            _ptr(dbc),
+            _ptr(dbc[..., n_pad:]),
             threads,
         )
-        if status:
-            raise RuntimeError(f"the CPU scan kernel rejected shapes b={b} d={d} L={L} n_pad={n_pad} g={g}")
         return (
+            None,
             None,
             du,
             ddelta,
             dA.sum(0),
-            dB.sum(0),
-            dC.sum(0),
+            dbc.sum(0),
             None if D is None else dD.sum(0),
             None if delta_bias is None else dbias.sum(0),
             None,
         )
 
 
+def _pack_bc(B, C, n_pad):
+    """B and C (b, g, n, L) -> one (b, g, L, 2 * n_pad) tensor, each step's n values contiguous, zero-padded."""
+    n = B.shape[2]
+    return F.pad(torch.cat([B, C], dim=2).transpose(2, 3).unflatten(-1, (2, n)), (0, n_pad - n)).flatten(-2)
+
+
 def make_scan(kernel):
-    """A `selective_scan`-compatible function on ``kernel``; float64 inputs and large states go to the chunked scan."""
+    """`selective_scan`-compatible functions on ``kernel``: float64 inputs and large states go to the chunked scan."""
     from hf_medmamba.selective_scan import _check_inputs, _compute_dtype, selective_scan_chunked
+
+    def prepare(u, delta, A, B, C, D, delta_bias):
+        n = A.shape[-1]
+        n_pad = n + (-n % kernel.width)  # zero lanes: decay exp(0) = 1, no input, no read-out
+        A = F.pad(A.float(), (0, n_pad - n)).contiguous()
+        bc = _pack_bc(B.float(), C.float(), n_pad).contiguous()
+        D, delta_bias = (None if t is None else t.float().contiguous() for t in (D, delta_bias))
+        return u.float().contiguous(), delta.float().contiguous(), A, bc, D, delta_bias
 
     def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
         n = A.shape[-1]
@@ -209,18 +223,20 @@ def make_scan(kernel):
             return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
         B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
         out_dtype = u.dtype
-        pad = -n % kernel.width  # zero lanes: decay exp(0) = 1, no input, no read-out
-        u, delta = u.float().contiguous(), delta.float().contiguous()
-        A = F.pad(A.float(), (0, pad)).contiguous()
-        B = F.pad(B.float().transpose(2, 3), (0, pad)).contiguous()  # (b, g, L, n_pad)
-        C = F.pad(C.float().transpose(2, 3), (0, pad)).contiguous()
-        D, delta_bias = (None if t is None else t.float().contiguous() for t in (D, delta_bias))
-        y, last = _FusedScanFunction.apply(kernel, u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
+        args = prepare(u, delta, A, B, C, D, delta_bias)
+        y, last = _FusedScanFunction.apply(kernel, None, *args, bool(delta_softplus))
         if z is not None:
             y = y * F.silu(z.float())
         y = y.to(out_dtype)
         return (y, last[..., :n]) if return_last_state else y
 
+    def cross_scan(u, delta, A, B, C, D, delta_bias, height, width):
+        """SS2D's four-direction scan on pixel-ordered inputs (see `selective_scan.cross_selective_scan`)."""
+        args = prepare(u, delta, A, B, C, D, delta_bias)
+        return _FusedScanFunction.apply(kernel, (height, width), *args, True)
+
+    scan.cross_scan = cross_scan
+    scan.max_state = kernel.max_state
     return scan
 
 

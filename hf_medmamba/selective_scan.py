@@ -404,7 +404,7 @@ def _cpu_kernel():
         from hf_medmamba import cpu_scan
     except Exception:
         return None
-    if getattr(cpu_scan, "KERNEL_API_VERSION", None) != 3:  # an installed hf_medmamba of another generation
+    if getattr(cpu_scan, "KERNEL_API_VERSION", None) != 4:  # an installed hf_medmamba of another generation
         return None
     return cpu_scan.load_cpu_scan()
 
@@ -505,3 +505,70 @@ def selective_scan(
     name = resolve_scan_backend(backend, u.device)
     with torch.autocast(device_type=u.device.type, enabled=False):
         return _SCAN_FUNCTIONS[name](u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# SS2D's four-direction scan
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cross_scan(x):
+    """(B, E, H, W) -> (B, 4, E, L): the four scan orders, row-major, column-major, and both reversed."""
+    row_major = x.flatten(2)
+    col_major = x.transpose(2, 3).flatten(2)
+    xs = torch.stack([row_major, col_major], dim=1)  # (B, 2, E, L)
+    return torch.cat([xs, xs.flip(-1)], dim=1)
+
+
+def cross_merge(ys, height, width):
+    """(B, 4, E, L) in the `cross_scan` orders -> (B, E, L) row-major, summed as upstream: y0 + y2 + y1 + y3."""
+    batch, _, channels, length = ys.shape
+
+    def from_column_major(y):
+        return y.view(batch, channels, width, height).transpose(2, 3).reshape(batch, channels, length)
+
+    return ys[:, 0] + ys[:, 2].flip(-1) + from_column_major(ys[:, 1]) + from_column_major(ys[:, 3].flip(-1))
+
+
+def to_scan_orders(t, height, width):
+    """(B, 4, X, L) pixel-ordered, one slice per direction -> each slice in its direction's scan order."""
+    batch, _, channels, length = t.shape
+
+    def column_major(s):
+        return s.view(batch, channels, height, width).transpose(2, 3).reshape(batch, channels, length)
+
+    return torch.stack([t[:, 0], column_major(t[:, 1]), t[:, 2].flip(-1), column_major(t[:, 3]).flip(-1)], dim=1)
+
+
+def cross_selective_scan(u, delta, A, B, C, D, delta_bias, height, width, backend="auto"):
+    """SS2D's scan: the four directions of an H x W grid, each with its own parameters, summed at every pixel.
+
+    Everything is pixel-ordered (row-major): ``u`` (b, E, L) shared by the four directions; ``delta`` (b, 4E, L) and
+    ``B``, ``C`` (b, 4, n, L), the direction-k projections of the pixels; ``A`` (4E, n), ``D`` and ``delta_bias``
+    (4E,) with rows k * E + channel; softplus on. Returns (b, E, L) float32: the sum over the directions of their scan
+    outputs, each put back at its pixels (the direction orders are those of `cross_scan`).
+
+    The compiled CPU kernel walks the four orders in place; the other backends scan reordered copies.
+    """
+    name = resolve_scan_backend(backend, u.device)
+    if name == "cpu_kernel":
+        kernel = _cpu_kernel()
+        if u.dtype != torch.float64 and A.shape[-1] <= kernel.max_state:
+            return kernel.cross_scan(u, delta, A, B, C, D, delta_bias, height, width)
+        name = "chunked"
+    batch, E, length = u.shape
+    K = 4
+    xs = cross_scan(u.view(batch, E, height, width)).reshape(batch, K * E, length)
+    deltas = to_scan_orders(delta.view(batch, K, E, length), height, width).reshape(batch, K * E, length)
+    ys = selective_scan(
+        xs,
+        deltas,
+        A,
+        to_scan_orders(B, height, width),
+        to_scan_orders(C, height, width),
+        D=D,
+        delta_bias=delta_bias,
+        delta_softplus=True,
+        backend=name,
+    )
+    return cross_merge(ys.view(batch, K, E, length), height, width)

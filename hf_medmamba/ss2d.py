@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .selective_scan import SCAN_BACKENDS, selective_scan
+from .selective_scan import SCAN_BACKENDS, cross_selective_scan
 
 
 NUM_DIRECTIONS = 4
@@ -16,22 +16,6 @@ NUM_DIRECTIONS = 4
 def resolve_dt_rank(dt_rank, d_model):
     """``"auto"`` means ceil(d_model / 16), as upstream."""
     return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-
-
-def cross_scan(x):
-    """(B, E, H, W) -> (B, 4, E, L): row-major, column-major, and both reversed."""
-    row_major = x.flatten(2)
-    col_major = x.transpose(2, 3).flatten(2)
-    xs = torch.stack([row_major, col_major], dim=1)  # (B, 2, E, L)
-    return torch.cat([xs, xs.flip(-1)], dim=1)
-
-
-def cross_merge(ys, height, width):
-    """(B, 4, E, L) in the `cross_scan` orders -> (B, E, L) row-major, summing the four directions."""
-    batch, _, channels, length = ys.shape
-    row_major = ys[:, 0] + ys[:, 2].flip(-1)
-    col_major = ys[:, 1] + ys[:, 3].flip(-1)  # position w * H + h
-    return row_major + col_major.view(batch, channels, width, height).transpose(2, 3).reshape(batch, channels, length)
 
 
 class SS2D(nn.Module):
@@ -129,26 +113,32 @@ class SS2D(nn.Module):
         return self.out_proj(y * F.silu(z))
 
     def scan(self, x):
-        """The selective scan of (B, E, H, W) features along the four directions, merged back: (B, E, H*W) float32."""
+        """The selective scan of (B, E, H, W) features along the four directions, merged back: (B, E, H*W) float32.
+
+        Every per-direction projection is computed once on the pixel-ordered features (a projection acts per pixel,
+        so it commutes with reordering); `cross_selective_scan` walks the four directions over them.
+        """
         batch, E, height, width = x.shape
         K, N, R = NUM_DIRECTIONS, self.d_state, self.dt_rank
-        xs = cross_scan(x)  # (B, K, E, L)
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (K, R+2N, E) @ (B, K, E, L) -> (B, K, R+2N, L)
+        # (B, E, L), row-major pixels. The convolution returns channels-last memory; a contiguous copy keeps the
+        # projections' results independent of where the buffers happen to lie (MKL's strided GEMM paths are not).
+        u = x.flatten(2).contiguous()
+        x_dbl = torch.matmul(self.x_proj_weight, u.unsqueeze(1))  # (K, R+2N, E) @ (B, 1, E, L) -> (B, K, R+2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)  # (K, E, R) @ (B, K, R, L) -> (B, K, E, L)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            ys = selective_scan(
-                xs.float().reshape(batch, K * E, -1),
+            return cross_selective_scan(
+                u.float(),
                 dts.float().reshape(batch, K * E, -1),
                 -torch.exp(self.A_logs.float()),
                 Bs.float(),
                 Cs.float(),
                 D=self.Ds.float(),
                 delta_bias=self.dt_projs_bias.float().reshape(-1),
-                delta_softplus=True,
+                height=height,
+                width=width,
                 backend=self.scan_backend,
             )
-            return cross_merge(ys.view(batch, K, E, -1), height, width)
 
 
 class ScanBackendMixin:

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_medmamba.selective_scan import selective_scan_reference
-from hf_medmamba.ss2d import SS2D, cross_merge, cross_scan
+from hf_medmamba.selective_scan import cross_merge, cross_scan, selective_scan_reference
+from hf_medmamba.ss2d import SS2D
 
 from .conftest import shared_path
 

@@ -5,17 +5,22 @@
 // are computed inside: exp() is a branch-free polynomial on GCC/Clang vector extensions, sized to the widest vectors
 // the target has (16 floats with AVX-512, 8 with AVX/AVX2, 4 otherwise). Plain C ABI, loaded with ctypes.
 //
-// Layouts (float32, contiguous). n_pad = n rounded up to a multiple of the vector width, zero-padded by the caller:
-//   u, delta, y, du, ddelta, dy   (b, d, L)      delta is the raw step size (before bias and softplus)
-//   A                             (d, n_pad)     the negative real A
-//   B, C                          (b, g, L, n_pad)   channel c reads group c / (d / g)
-//   D, delta_bias                 (d) or null
-//   last, dlast                   (b, d, n_pad)  dlast may be null
-//   nonpositive                   1 when every dt * A <= 0 is known (dt >= 0 after softplus, A <= 0)
-//   checkpoints                   (b, d, ceil(L / 64), n_pad)  state before every 64th step (forward writes, backward reads)
-//   dA_part                       (b, d, n_pad)  per-batch partials (the caller sums over b)
-//   dD_part, dbias_part           (b, d)         likewise
-//   dB_part, dC_part              (threads, b, g, L, n_pad)  per-thread partials (the caller sums over threads)
+// Two layouts share the code. Plain scans (mamba-ssm's selective_scan_fn semantics) store every sequence in step
+// order. SS2D scans store everything at pixel positions of an H x W grid and walk it in the four directions
+// (row-major, column-major, and both reversed) without reordered copies; u is shared by the four directions and y is
+// their sum. Arrays (float32, contiguous); n_pad is n rounded up to the vector width, zero-padded by the caller:
+//   u, y, du, dy              (b, lanes, L)    lanes = d (plain) or d / 4 (SS2D)
+//   delta, ddelta             (b, d, L)        the raw step size, before bias and softplus
+//   A                         (d, n_pad)       the negative real A
+//   B, C                      rows of (b, g, L, bc_stride) with the n_pad values of a step contiguous; channel c
+//                             reads group c / (d / g) (SS2D: g = 4, one group per direction)
+//   D, delta_bias             (d) or null
+//   last, dlast               (b, d, n_pad)    dlast may be null
+//   nonpositive               1 when every dt * A <= 0 is known (dt >= 0 after softplus, A <= 0)
+//   checkpoints               (b, d, ceil(L / 64), n_pad): state before every 64th step (forward writes, backward reads)
+//   dA_part                   (b, d, n_pad)    per-batch partials (the caller sums over b)
+//   dD_part, dbias_part       (b, d)           likewise
+//   dB_part, dC_part          (threads, b, g, L, bc_stride) per-thread partials (the caller sums over threads)
 
 #include <cstdint>
 #include <cstring>
@@ -119,18 +124,71 @@ inline void softplus(V x, V& value, V& slope) {
 }
 
 struct Problem {
-  int64_t b, d, L, n_pad, g;
+  int64_t b, d, L, n_pad, g;  // d channels scanned; channel c reads B/C group c / (d / g)
   const float *u, *delta, *A, *B, *C, *D, *bias;
   bool softplus;
+  int64_t bc_stride;   // floats between the B (or C) vectors of consecutive steps
+  int64_t lanes;       // channels of u and y: d for plain scans, d / 4 for SS2D (shared by its four directions)
+  int64_t height, width;  // SS2D's grid (L = height * width); 0 for plain scans
   int64_t segments() const { return (L + kSegment - 1) / kSegment; }
+  bool cross() const { return height > 0; }
 };
 
-// Step sizes for steps t0 .. t0 + len of one sequence and, with kGrad, their derivative w.r.t. delta.
+// Where each step of a sequence lives. Plain sequences are stored in step order. SS2D's direction k walks an
+// H x W grid row-major (k = 0), column-major (1), or either one backwards (2, 3), and reads and writes at the pixel
+// position (row-major index) of each step, so the four directions need no reordered copies of their inputs.
+struct Walk {
+  int64_t L = 0, H = 0, W = 0;
+  bool column = false, reverse = false;
+
+  Walk(const Problem& p, int64_t c) : L(p.L) {
+    if (p.cross()) {
+      const int64_t k = c / p.lanes;
+      H = p.height;
+      W = p.width;
+      column = k % 2 == 1;
+      reverse = k >= 2;
+    }
+  }
+
+  // Positions of steps t0 .. t0 + len - 1.
+  void positions(int64_t t0, int64_t len, int64_t* pos) const {
+    const int64_t start = reverse ? L - 1 - t0 : t0;  // index in the direction's forward order
+    const int64_t step = reverse ? -1 : 1;
+    if (!column) {
+      for (int64_t i = 0; i < len; ++i) pos[i] = start + step * i;
+      return;
+    }
+    int64_t h = start % H, w = start / H;
+    for (int64_t i = 0; i < len; ++i) {
+      pos[i] = h * W + w;
+      if (reverse) {
+        if (h-- == 0) h = H - 1, --w;
+      } else if (++h == H) {
+        h = 0, ++w;
+      }
+    }
+  }
+};
+
+// The channels one task handles, in order: one channel for plain scans; for SS2D the four directions of one
+// channel in upstream's summation order (row-major, reversed row-major, column-major, reversed column-major).
+inline int task_channels(const Problem& p, int64_t lane, int64_t* channels) {
+  if (!p.cross()) {
+    channels[0] = lane;
+    return 1;
+  }
+  const int64_t order[4] = {0, 2, 1, 3};
+  for (int i = 0; i < 4; ++i) channels[i] = order[i] * p.lanes + lane;
+  return 4;
+}
+
+// Step sizes (bias, softplus) for the tile's steps and, with kGrad, their derivative w.r.t. delta.
 template <bool kGrad>
-inline void step_sizes(const Problem& p, const float* delta, float bias, int64_t t0, int64_t len, float* dt,
+inline void step_sizes(const Problem& p, const float* delta, float bias, const int64_t* pos, int64_t len, float* dt,
                        float* slope) {
   alignas(64) float x[kSegment];
-  for (int64_t i = 0; i < kSegment; ++i) x[i] = i < len ? delta[t0 + i] + bias : 0.0f;
+  for (int64_t i = 0; i < kSegment; ++i) x[i] = i < len ? delta[pos[i]] + bias : 0.0f;
   for (int64_t i = 0; i < kSegment; i += W) {
     V value = load(x + i), grad = splat(1.0f);
     if (p.softplus) softplus<kGrad>(value, value, grad);
@@ -139,13 +197,18 @@ inline void step_sizes(const Problem& p, const float* delta, float bias, int64_t
   }
 }
 
+// One channel's forward scan. `accumulate` adds into y (the later directions of SS2D) instead of writing it.
 template <int NV, bool kHigh>
-void forward_sequence(const Problem& p, int64_t bi, int64_t c, float* y, float* last, float* checkpoints) {
+void forward_sequence(const Problem& p, int64_t bi, int64_t c, bool accumulate, float* y, float* last,
+                      float* checkpoints) {
   const int64_t n = p.n_pad;
-  const int64_t seq = (bi * p.d + c) * p.L;
+  const Walk walk(p, c);
+  const float* u = p.u + (bi * p.lanes + c % p.lanes) * p.L;
+  const float* delta = p.delta + (bi * p.d + c) * p.L;
+  float* out = y + (bi * p.lanes + c % p.lanes) * p.L;
   const int64_t gi = c / (p.d / p.g);
-  const float* Bs = p.B + (bi * p.g + gi) * p.L * n;
-  const float* Cs = p.C + (bi * p.g + gi) * p.L * n;
+  const float* Bs = p.B + (bi * p.g + gi) * p.L * p.bc_stride;
+  const float* Cs = p.C + (bi * p.g + gi) * p.L * p.bc_stride;
   const float Dc = p.D ? p.D[c] : 0.0f;
   const float bias = p.bias ? p.bias[c] : 0.0f;
   float* ck = checkpoints ? checkpoints + (bi * p.d + c) * p.segments() * n : nullptr;
@@ -154,24 +217,28 @@ void forward_sequence(const Problem& p, int64_t bi, int64_t c, float* y, float* 
     Ac[j] = load(p.A + c * n + j * W);
     h[j] = splat(0.0f);
   }
-  alignas(64) float dt[kSegment];
+  alignas(64) float dt[kSegment], y_tile[kSegment];
+  int64_t pos[kSegment];
   for (int64_t t0 = 0; t0 < p.L; t0 += kSegment) {
     const int64_t len = p.L - t0 < kSegment ? p.L - t0 : kSegment;
-    step_sizes<false>(p, p.delta + seq, bias, t0, len, dt, nullptr);
+    walk.positions(t0, len, pos);
+    step_sizes<false>(p, delta, bias, pos, len, dt, nullptr);
     if (ck) {
       for (int j = 0; j < NV; ++j) store(ck + (t0 / kSegment) * n + j * W, h[j]);
     }
     for (int64_t i = 0; i < len; ++i) {
-      const int64_t t = t0 + i;
-      const float drive = dt[i] * p.u[seq + t];
+      const float ut = u[pos[i]];
+      const float drive = dt[i] * ut;
+      const float* Bt = Bs + pos[i] * p.bc_stride;
+      const float* Ct = Cs + pos[i] * p.bc_stride;
       V acc = splat(0.0f);
       for (int j = 0; j < NV; ++j) {
-        h[j] = vexp<kHigh>(Ac[j] * dt[i]) * h[j] + load(Bs + t * n + j * W) * drive;
-        acc = acc + h[j] * load(Cs + t * n + j * W);
+        h[j] = vexp<kHigh>(Ac[j] * dt[i]) * h[j] + load(Bt + j * W) * drive;
+        acc = acc + h[j] * load(Ct + j * W);
       }
-      y[seq + t] = hsum(acc);
+      y_tile[i] = hsum(acc) + Dc * ut;
     }
-    for (int64_t i = 0; i < len; ++i) y[seq + t0 + i] += Dc * p.u[seq + t0 + i];
+    for (int64_t i = 0; i < len; ++i) out[pos[i]] = accumulate ? out[pos[i]] + y_tile[i] : y_tile[i];
   }
   if (last) {
     for (int j = 0; j < NV; ++j) store(last + (bi * p.d + c) * n + j * W, h[j]);
@@ -183,12 +250,19 @@ struct Grads {
   float *du, *ddelta, *dA_part, *dD_part, *dbias_part, *dB_part, *dC_part;
 };
 
+// One channel's backward. `accumulate` adds into du (u is shared by SS2D's four directions).
 template <int NV, bool kHigh>
-void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c, float* dB_part, float* dC_part) {
+void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c, bool accumulate, float* dB_part,
+                       float* dC_part) {
   const int64_t n = p.n_pad;
-  const int64_t seq = (bi * p.d + c) * p.L;
-  const int64_t gi = c / (p.d / p.g);
-  const int64_t bc = (bi * p.g + gi) * p.L * n;
+  const Walk walk(p, c);
+  const int64_t lane = (bi * p.lanes + c % p.lanes) * p.L;
+  const float* u = p.u + lane;
+  const float* dy = gr.dy + lane;
+  float* du = gr.du + lane;
+  const float* delta = p.delta + (bi * p.d + c) * p.L;
+  float* ddelta = gr.ddelta + (bi * p.d + c) * p.L;
+  const int64_t bc = (bi * p.g + c / (p.d / p.g)) * p.L * p.bc_stride;
   const float Dc = p.D ? p.D[c] : 0.0f;
   const float bias = p.bias ? p.bias[c] : 0.0f;
   const float* ck = gr.checkpoints + (bi * p.d + c) * p.segments() * n;
@@ -201,42 +275,46 @@ void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c,
   V states[kSegment + 1][NV];  // states[0]: before the segment; states[1 + i]: after its step i
   V decays[kSegment][NV];
   alignas(64) float dt[kSegment], slope[kSegment];
+  int64_t pos[kSegment];
   float dD = 0.0f, dbias = 0.0f;
   for (int64_t seg = p.segments() - 1; seg >= 0; --seg) {
     const int64_t t0 = seg * kSegment;
     const int64_t len = p.L - t0 < kSegment ? p.L - t0 : kSegment;
-    step_sizes<true>(p, p.delta + seq, bias, t0, len, dt, slope);
+    walk.positions(t0, len, pos);
+    step_sizes<true>(p, delta, bias, pos, len, dt, slope);
     for (int j = 0; j < NV; ++j) states[0][j] = load(ck + seg * n + j * W);
     for (int64_t i = 0; i < len; ++i) {
-      const float drive = dt[i] * p.u[seq + t0 + i];
+      const float drive = dt[i] * u[pos[i]];
+      const float* Bt = p.B + bc + pos[i] * p.bc_stride;
       for (int j = 0; j < NV; ++j) {
         decays[i][j] = vexp<kHigh>(Ac[j] * dt[i]);
-        states[i + 1][j] = decays[i][j] * states[i][j] + load(p.B + bc + (t0 + i) * n + j * W) * drive;
+        states[i + 1][j] = decays[i][j] * states[i][j] + load(Bt + j * W) * drive;
       }
     }
     for (int64_t i = len - 1; i >= 0; --i) {
-      const int64_t t = t0 + i;
-      const float ut = p.u[seq + t];
+      const int64_t at = bc + pos[i] * p.bc_stride;
+      const float ut = u[pos[i]];
       const float drive = dt[i] * ut;
-      const float gy = gr.dy[seq + t];
+      const float gy = dy[pos[i]];
       V ddrive = splat(0.0f), dstep = splat(0.0f);
       for (int j = 0; j < NV; ++j) {
-        const int64_t at = bc + t * n + j * W;
-        const V g = r[j] + load(p.C + at) * gy;  // dL/dh_t
-        store(dC_part + at, load(dC_part + at) + states[i + 1][j] * gy);
-        store(dB_part + at, load(dB_part + at) + g * drive);
-        ddrive = ddrive + g * load(p.B + at);
+        const int64_t o = j * W;
+        const V g = r[j] + load(p.C + at + o) * gy;  // dL/dh_t
+        store(dC_part + at + o, load(dC_part + at + o) + states[i + 1][j] * gy);
+        store(dB_part + at + o, load(dB_part + at + o) + g * drive);
+        ddrive = ddrive + g * load(p.B + at + o);
         const V w = g * decays[i][j] * states[i][j];  // through exp(dt A) h_{t-1}
         dstep = dstep + w * Ac[j];
         dA[j] = dA[j] + w * dt[i];
         r[j] = decays[i][j] * g;
       }
       const float ddrive_s = hsum(ddrive);
-      const float ddelta = (ddrive_s * ut + hsum(dstep)) * slope[i];
-      gr.du[seq + t] = ddrive_s * dt[i] + gy * Dc;
-      gr.ddelta[seq + t] = ddelta;
+      const float ddelta_t = (ddrive_s * ut + hsum(dstep)) * slope[i];
+      const float du_t = ddrive_s * dt[i] + gy * Dc;
+      du[pos[i]] = accumulate ? du[pos[i]] + du_t : du_t;
+      ddelta[pos[i]] = ddelta_t;
       dD += gy * ut;
-      dbias += ddelta;
+      dbias += ddelta_t;
     }
   }
   for (int j = 0; j < NV; ++j) store(gr.dA_part + (bi * p.d + c) * n + j * W, dA[j]);
@@ -247,24 +325,35 @@ void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c,
 template <int NV, bool kHigh>
 void forward_all(const Problem& p, float* y, float* last, float* checkpoints, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t idx = 0; idx < p.b * p.d; ++idx) {
-    forward_sequence<NV, kHigh>(p, idx / p.d, idx % p.d, y, last, checkpoints);
+  for (int64_t task = 0; task < p.b * p.lanes; ++task) {
+    int64_t channels[4];
+    const int count = task_channels(p, task % p.lanes, channels);
+    for (int i = 0; i < count; ++i) {
+      forward_sequence<NV, kHigh>(p, task / p.lanes, channels[i], i > 0, y, last, checkpoints);
+    }
   }
 }
 
 template <int NV, bool kHigh>
 void backward_all(const Problem& p, const Grads& gr, int threads) {
-  const int64_t part = p.b * p.g * p.L * p.n_pad;
+  const int64_t part = p.b * p.g * p.L * p.bc_stride;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t idx = 0; idx < p.b * p.d; ++idx) {
+  for (int64_t task = 0; task < p.b * p.lanes; ++task) {
     const int tid = omp_get_thread_num();
-    backward_sequence<NV, kHigh>(p, gr, idx / p.d, idx % p.d, gr.dB_part + tid * part, gr.dC_part + tid * part);
+    int64_t channels[4];
+    const int count = task_channels(p, task % p.lanes, channels);
+    for (int i = 0; i < count; ++i) {
+      backward_sequence<NV, kHigh>(p, gr, task / p.lanes, channels[i], i > 0, gr.dB_part + tid * part,
+                                   gr.dC_part + tid * part);
+    }
   }
 }
 
 // Number of vectors per state, or 0 when the shapes cannot run here.
 int vectors(const Problem& p) {
   if (p.b <= 0 || p.d <= 0 || p.L <= 0 || p.g <= 0 || p.d % p.g != 0 || p.n_pad <= 0 || p.n_pad % W != 0) return 0;
+  if (p.bc_stride < p.n_pad || p.lanes <= 0 || p.d % p.lanes != 0) return 0;
+  if (p.cross() && (p.d != 4 * p.lanes || p.g != 4 || p.height * p.width != p.L)) return 0;
   const int64_t nv = p.n_pad / W;
   return nv <= kMaxVectors ? static_cast<int>(nv) : 0;
 }
@@ -302,7 +391,7 @@ struct Backward {
 
 extern "C" {
 
-int hf_medmamba_scan_api_version() { return 3; }
+int hf_medmamba_scan_api_version() { return 4; }
 
 int hf_medmamba_scan_vector_width() { return W; }
 
@@ -310,20 +399,26 @@ int hf_medmamba_scan_max_state() { return kMaxVectors * W; }
 
 int hf_medmamba_scan_segment() { return kSegment; }
 
-int hf_medmamba_scan_forward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, const float* u,
-                             const float* delta, const float* A, const float* B, const float* C, const float* D,
-                             const float* delta_bias, int softplus, int nonpositive, float* y, float* last,
-                             float* checkpoints, int threads) {
-  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0};
+// Plain scans: u, delta, y (b, d, L) in step order; B, C (b, g, L, bc_stride).
+// SS2D scans (height > 0): u and y (b, d / 4, L) shared by the four directions, y summed over them; delta (b, d, L),
+// B and C (b, 4, L, bc_stride), all at pixel positions (row-major, L = height * width).
+int hf_medmamba_scan_forward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, int64_t bc_stride,
+                             int64_t height, int64_t width, const float* u, const float* delta, const float* A,
+                             const float* B, const float* C, const float* D, const float* delta_bias, int softplus,
+                             int nonpositive, float* y, float* last, float* checkpoints, int threads) {
+  const int64_t lanes = height > 0 ? d / 4 : d;
+  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0, bc_stride, lanes, height, width};
   return dispatch<Forward>(p, nonpositive != 0, y, last, checkpoints, threads);
 }
 
-int hf_medmamba_scan_backward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, const float* u,
-                              const float* delta, const float* A, const float* B, const float* C, const float* D,
-                              const float* delta_bias, int softplus, int nonpositive, const float* dy,
-                              const float* dlast, const float* checkpoints, float* du, float* ddelta, float* dA_part,
-                              float* dD_part, float* dbias_part, float* dB_part, float* dC_part, int threads) {
-  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0};
+int hf_medmamba_scan_backward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, int64_t bc_stride,
+                              int64_t height, int64_t width, const float* u, const float* delta, const float* A,
+                              const float* B, const float* C, const float* D, const float* delta_bias, int softplus,
+                              int nonpositive, const float* dy, const float* dlast, const float* checkpoints,
+                              float* du, float* ddelta, float* dA_part, float* dD_part, float* dbias_part,
+                              float* dB_part, float* dC_part, int threads) {
+  const int64_t lanes = height > 0 ? d / 4 : d;
+  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0, bc_stride, lanes, height, width};
   const Grads gr{dy, dlast, checkpoints, du, ddelta, dA_part, dD_part, dbias_part, dB_part, dC_part};
   return dispatch<Backward>(p, nonpositive != 0, &gr, threads);
 }
