@@ -39,6 +39,7 @@ EXTRAS["dev"] = [
     "pytest>=8",
     "ruff>=0.6",
     "build>=1.2",
+    "hypothesis>=6.100",
 ]
 
 setup(

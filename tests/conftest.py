@@ -3,6 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+
+# Property-based tests: a CI-friendly number of examples by default, many more with HYPOTHESIS_PROFILE=slow.
+settings.register_profile("ci", max_examples=20, deadline=None)
+settings.register_profile("slow", max_examples=400, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 REPO = Path(__file__).resolve().parents[1]
