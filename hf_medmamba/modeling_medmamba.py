@@ -15,7 +15,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_medmamba import MedMambaConfig
-from .ss2d import SS2D, ScanBackendMixin
+from .modeling_common import SSMPreTrainedMixin
+from .ss2d import SS2D
 from .validation import check_pixel_values
 from .vss_layers import (
     DropPath,
@@ -71,7 +72,7 @@ class MedMambaBlock(GradientCheckpointingLayer):
         return mixed + hidden_states
 
 
-class MedMambaPreTrainedModel(ScanBackendMixin, PreTrainedModel):
+class MedMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = MedMambaConfig
     config: MedMambaConfig
     base_model_prefix = "medmamba"

@@ -14,7 +14,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_vmamba import VMambaConfig
-from .ss2d import SS2D, ScanBackendMixin
+from .modeling_common import SSMPreTrainedMixin
+from .ss2d import SS2D
 from .validation import check_pixel_values
 from .vss_layers import PatchEmbed2D, PatchMerging2D, VSSBlock, VSSStage, classifier_output, stochastic_depth_rates
 
@@ -67,7 +68,7 @@ class VMambaEncoderMixin:
         return self.config.patch_size * 2 ** (len(self.config.depths) - 1)
 
 
-class VMambaPreTrainedModel(ScanBackendMixin, PreTrainedModel):
+class VMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = VMambaConfig
     config: VMambaConfig
     base_model_prefix = "vmamba"

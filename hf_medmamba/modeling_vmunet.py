@@ -15,8 +15,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_vmunet import VMUNetConfig
 from .losses import bce_dice_loss, ce_dice_loss
+from .modeling_common import SSMPreTrainedMixin
 from .modeling_vmamba import VMambaEncoderMixin, init_vmamba_weights
-from .ss2d import ScanBackendMixin
 from .validation import check_pixel_values, check_segmentation_labels
 from .vss_layers import PatchExpand, VSSBlock, stochastic_depth_rates
 
@@ -54,7 +54,7 @@ class VMUNetDecoderStage(nn.Module):
         return hidden_states
 
 
-class VMUNetPreTrainedModel(ScanBackendMixin, PreTrainedModel):
+class VMUNetPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = VMUNetConfig
     config: VMUNetConfig
     base_model_prefix = "vmunet"

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .selective_scan import SCAN_BACKENDS, cross_selective_scan
+from .selective_scan import cross_selective_scan
 
 
 NUM_DIRECTIONS = 4
@@ -139,16 +139,3 @@ class SS2D(nn.Module):
                 width=width,
                 backend=self.scan_backend,
             )
-
-
-class ScanBackendMixin:
-    """``model.set_scan_backend(name)``: switch every SS2D of a model (and its config) to another scan backend."""
-
-    def set_scan_backend(self, backend):
-        if backend not in SCAN_BACKENDS:
-            raise ValueError(f"Unknown scan backend {backend!r}; choose one of {', '.join(SCAN_BACKENDS)}.")
-        self.config.scan_backend = backend
-        for module in self.modules():
-            if isinstance(module, SS2D):
-                module.scan_backend = backend
-        return self

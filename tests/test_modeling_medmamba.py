@@ -272,3 +272,13 @@ def test_bad_pixel_values_raise_at_the_entry(model, pixel_values, error, message
 def test_labels_out_of_range_raise(model):
     with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
         model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_weights_file_gives_a_clear_error(model, tmp_path, damage):
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a safetensors file")
+    with pytest.raises(OSError, match="corrupt or truncated"):
+        AutoModelForImageClassification.from_pretrained(tmp_path)

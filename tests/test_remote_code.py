@@ -30,7 +30,14 @@ from .conftest import shared_path
 
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
-SHARED_FILES = {"configuration_ssm.py", "ss2d.py", "selective_scan.py", "vss_layers.py", "validation.py"}
+SHARED_FILES = {
+    "configuration_ssm.py",
+    "modeling_common.py",
+    "ss2d.py",
+    "selective_scan.py",
+    "vss_layers.py",
+    "validation.py",
+}
 PROCESSING = {"image_processing_common.py"}
 REMOTE_FILES = {
     "medmamba": SHARED_FILES
