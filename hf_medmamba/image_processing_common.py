@@ -59,7 +59,7 @@ def _to_8bit_scale(array):
     raise ImageInputError(f"unsupported image dtype {array.dtype}; pass uint8, integer, bool or float data.")
 
 
-def _pil_to_array(image):
+def pil_to_array(image):
     """A PIL image as an (H, W) or (H, W, C) array, colour modes converted to RGB and alpha dropped."""
     mode = image.mode
     if mode in ("L", "RGB", "I", "F") or mode.startswith("I;16"):
@@ -76,7 +76,7 @@ def _pil_to_array(image):
 def to_channels_first(image):
     """Any supported image as a (C, H, W) array of its original dtype, alpha dropped."""
     if isinstance(image, PIL.Image.Image):
-        array = _pil_to_array(image)
+        array = pil_to_array(image)
     elif hasattr(image, "detach") and hasattr(image, "cpu"):  # torch.Tensor, without importing torch here
         array = (
             image.detach().cpu().float().numpy()
