@@ -51,7 +51,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["hf_medmamba"],
-    package_data={"hf_medmamba": ["kernels/*.cpp"]},
+    package_data={"hf_medmamba": ["kernels/*.cpp", "templates/*.md", "data/*.json", "data/*.md"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["hf-medmamba = hf_medmamba.cli:main"]},
