@@ -32,10 +32,13 @@ EXTRAS = {
     # medical file formats for the prediction CLI: DICOM and NIfTI
     "medical": ["pydicom>=2.4", "nibabel>=5.0"],
     "cuda": ["mamba-ssm>=1.0.1"],
+    # deployment: ONNX export (dynamo exporter) and its verification with onnxruntime
+    "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
 }
 EXTRAS["dev"] = [
     *EXTRAS["train"],
     *EXTRAS["medical"],
+    *EXTRAS["export"],
     "pytest>=8",
     "ruff>=0.6",
     "build>=1.2",
