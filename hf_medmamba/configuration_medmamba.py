@@ -1,9 +1,6 @@
 """MedMamba configuration."""
 
-from transformers import PretrainedConfig
-
-from .configuration_ssm import check_labels, check_ssm_settings, check_stages, preset_kwargs
-from .vss_layers import stage_widths
+from .configuration_ssm import SS2DModelConfig
 
 
 MEDMAMBA_PRESETS = {
@@ -22,7 +19,7 @@ MEDMAMBA_AUTO_MAP = {
 }
 
 
-class MedMambaConfig(PretrainedConfig):
+class MedMambaConfig(SS2DModelConfig):
     r"""
     Configuration of a [`MedMambaModel`] / [`MedMambaForImageClassification`] (Yue & Li, 2024). The defaults give
     MedMamba-T; [`MedMambaConfig.from_preset`] gives the upstream variants ``"medmamba-t"``, ``"medmamba-s"`` and
@@ -76,62 +73,16 @@ class MedMambaConfig(PretrainedConfig):
     model_type = "medmamba"
     attribute_map = {"hidden_sizes": "dims"}
     _auto_class = "AutoConfig"
+    presets = MEDMAMBA_PRESETS
+    default_auto_map = MEDMAMBA_AUTO_MAP
 
-    def __init__(
-        self,
-        num_channels=3,
-        patch_size=4,
-        depths=(2, 2, 4, 2),
-        dims=(96, 192, 384, 768),
-        d_state=16,
-        d_conv=3,
-        expand=2,
-        dt_rank="auto",
-        dt_min=0.001,
-        dt_max=0.1,
-        dt_init="random",
-        dt_scale=1.0,
-        dt_init_floor=1e-4,
-        drop_path_rate=0.1,
-        layer_norm_eps=1e-5,
-        initializer_range=0.02,
-        scan_backend="auto",
-        **kwargs,
-    ):
-        check_labels(kwargs, "MedMambaConfig")
-        kwargs.setdefault("auto_map", dict(MEDMAMBA_AUTO_MAP))
-        depths = list(depths)
-        dims = stage_widths(dims, len(depths))
-        check_stages(depths, dims, "MedMambaConfig")
-        if any(d % 2 for d in dims):
+    def __init__(self, depths=(2, 2, 4, 2), dims=(96, 192, 384, 768), drop_path_rate=0.1, **kwargs):
+        super().__init__(depths=depths, dims=dims, drop_path_rate=drop_path_rate, **kwargs)
+        if any(d % 2 for d in self.dims):
             raise ValueError(
                 f"MedMambaConfig: every width in dims must be even (each block splits its channels in half), "
-                f"got {dims}."
+                f"got {self.dims}."
             )
-        self.num_channels = num_channels
-        self.patch_size = patch_size
-        self.depths = depths
-        self.dims = dims
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
-        self.dt_rank = dt_rank
-        self.dt_min = dt_min
-        self.dt_max = dt_max
-        self.dt_init = dt_init
-        self.dt_scale = dt_scale
-        self.dt_init_floor = dt_init_floor
-        self.drop_path_rate = drop_path_rate
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.scan_backend = scan_backend
-        check_ssm_settings(self, "MedMambaConfig")
-        super().__init__(**kwargs)
-
-    @classmethod
-    def from_preset(cls, name, **kwargs):
-        """MedMamba-T, -S or -B (``"medmamba-t"``, ``"medmamba-s"``, ``"medmamba-b"``); ``kwargs`` override."""
-        return cls(**preset_kwargs(MEDMAMBA_PRESETS, name, kwargs, cls.__name__))
 
     @property
     def num_stages(self):

@@ -1,6 +1,9 @@
-"""Validation shared by the configurations of MedMamba, VMamba and VM-UNet."""
+"""What the configurations of MedMamba, VMamba and VM-UNet share: the base class and its validation."""
+
+from transformers import PretrainedConfig
 
 from .selective_scan import SCAN_BACKENDS
+from .vss_layers import stage_widths
 
 
 def check_labels(kwargs, model_name):
@@ -47,3 +50,66 @@ def preset_kwargs(presets, name, overrides, model_name):
         settings.pop("num_labels", None)
         settings.pop("id2label", None)
     return {**settings, **overrides}
+
+
+class SS2DModelConfig(PretrainedConfig):
+    """Base of the three configurations: the patch stem, the stages, SS2D's settings and the scan backend.
+
+    Each subclass documents every argument and sets its own defaults, ``presets`` and ``default_auto_map`` (the
+    ``auto_map`` a saved folder gets, listing every Auto class of the model for ``trust_remote_code`` loading).
+    """
+
+    presets = {}
+    default_auto_map = {}
+
+    def __init__(
+        self,
+        num_channels=3,
+        patch_size=4,
+        depths=(2, 2, 9, 2),
+        dims=96,
+        d_state=16,
+        d_conv=3,
+        expand=2,
+        dt_rank="auto",
+        dt_min=0.001,
+        dt_max=0.1,
+        dt_init="random",
+        dt_scale=1.0,
+        dt_init_floor=1e-4,
+        drop_path_rate=0.0,
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+        scan_backend="auto",
+        **kwargs,
+    ):
+        name = type(self).__name__
+        check_labels(kwargs, name)
+        kwargs.setdefault("auto_map", dict(self.default_auto_map))
+        depths = list(depths)
+        dims = stage_widths(dims, len(depths))
+        check_stages(depths, dims, name)
+        self.num_channels = num_channels
+        self.patch_size = patch_size
+        self.depths = depths
+        self.dims = dims
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.dt_rank = dt_rank
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.dt_init = dt_init
+        self.dt_scale = dt_scale
+        self.dt_init_floor = dt_init_floor
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.scan_backend = scan_backend
+        check_ssm_settings(self, name)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name, **kwargs):
+        """A configuration from ``cls.presets``; ``kwargs`` override the preset's settings."""
+        return cls(**preset_kwargs(cls.presets, name, kwargs, cls.__name__))

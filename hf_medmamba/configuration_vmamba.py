@@ -1,9 +1,6 @@
 """VMamba (v0, "vanilla") configuration: the backbone of VM-UNet and the ImageNet classifier it was pretrained as."""
 
-from transformers import PretrainedConfig
-
-from .configuration_ssm import check_labels, check_ssm_settings, check_stages, preset_kwargs
-from .vss_layers import stage_widths
+from .configuration_ssm import SS2DModelConfig
 
 
 VMAMBA_PRESETS = {
@@ -18,7 +15,7 @@ VMAMBA_AUTO_MAP = {
 }
 
 
-class VMambaConfig(PretrainedConfig):
+class VMambaConfig(SS2DModelConfig):
     r"""
     Configuration of a [`VMambaModel`] / [`VMambaForImageClassification`]: the first-generation VMamba (Liu et al.,
     2024, commit 0ec6c27), a stack of VSS blocks (LayerNorm -> SS2D -> DropPath, residual) with patch merging, a final
@@ -43,54 +40,8 @@ class VMambaConfig(PretrainedConfig):
     model_type = "vmamba"
     attribute_map = {"hidden_sizes": "dims"}
     _auto_class = "AutoConfig"
+    presets = VMAMBA_PRESETS
+    default_auto_map = VMAMBA_AUTO_MAP
 
-    def __init__(
-        self,
-        num_channels=3,
-        patch_size=4,
-        depths=(2, 2, 9, 2),
-        dims=96,
-        d_state=16,
-        d_conv=3,
-        expand=2,
-        dt_rank="auto",
-        dt_min=0.001,
-        dt_max=0.1,
-        dt_init="random",
-        dt_scale=1.0,
-        dt_init_floor=1e-4,
-        drop_path_rate=0.2,
-        layer_norm_eps=1e-5,
-        initializer_range=0.02,
-        scan_backend="auto",
-        **kwargs,
-    ):
-        check_labels(kwargs, "VMambaConfig")
-        kwargs.setdefault("auto_map", dict(VMAMBA_AUTO_MAP))
-        depths = list(depths)
-        dims = stage_widths(dims, len(depths))
-        check_stages(depths, dims, "VMambaConfig")
-        self.num_channels = num_channels
-        self.patch_size = patch_size
-        self.depths = depths
-        self.dims = dims
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
-        self.dt_rank = dt_rank
-        self.dt_min = dt_min
-        self.dt_max = dt_max
-        self.dt_init = dt_init
-        self.dt_scale = dt_scale
-        self.dt_init_floor = dt_init_floor
-        self.drop_path_rate = drop_path_rate
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.scan_backend = scan_backend
-        check_ssm_settings(self, "VMambaConfig")
-        super().__init__(**kwargs)
-
-    @classmethod
-    def from_preset(cls, name, **kwargs):
-        """VMamba-S (``"vmamba-s"``); ``kwargs`` override."""
-        return cls(**preset_kwargs(VMAMBA_PRESETS, name, kwargs, cls.__name__))
+    def __init__(self, depths=(2, 2, 9, 2), dims=96, drop_path_rate=0.2, **kwargs):
+        super().__init__(depths=depths, dims=dims, drop_path_rate=drop_path_rate, **kwargs)

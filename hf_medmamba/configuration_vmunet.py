@@ -1,9 +1,6 @@
 """VM-UNet configuration."""
 
-from transformers import PretrainedConfig
-
-from .configuration_ssm import check_labels, check_ssm_settings, check_stages, preset_kwargs
-from .vss_layers import stage_widths
+from .configuration_ssm import SS2DModelConfig, check_stages
 
 
 BINARY_LABELS = {0: "background", 1: "lesion"}
@@ -50,7 +47,7 @@ VMUNET_AUTO_MAP = {
 }
 
 
-class VMUNetConfig(PretrainedConfig):
+class VMUNetConfig(SS2DModelConfig):
     r"""
     Configuration of a [`VMUNetModel`] / [`VMUNetForSegmentation`] (Ruan et al., 2024): a U-shaped network of VSS
     blocks whose encoder is VMamba v0 (see [`VMambaConfig`]). [`VMUNetConfig.from_preset`] gives ``"vmunet-paper"``
@@ -88,27 +85,15 @@ class VMUNetConfig(PretrainedConfig):
 
     model_type = "vmunet"
     _auto_class = "AutoConfig"
+    presets = VMUNET_PRESETS
+    default_auto_map = VMUNET_AUTO_MAP
 
     def __init__(
         self,
-        num_channels=3,
-        patch_size=4,
         depths=(2, 2, 9, 2),
         depths_decoder=(2, 9, 2, 2),
         dims=96,
-        d_state=16,
-        d_conv=3,
-        expand=2,
-        dt_rank="auto",
-        dt_min=0.001,
-        dt_max=0.1,
-        dt_init="random",
-        dt_scale=1.0,
-        dt_init_floor=1e-4,
         drop_path_rate=0.2,
-        layer_norm_eps=1e-5,
-        initializer_range=0.02,
-        scan_backend="auto",
         sigmoid_head=False,
         bce_weight=1.0,
         ce_weight=1.0,
@@ -116,47 +101,24 @@ class VMUNetConfig(PretrainedConfig):
         semantic_loss_ignore_index=255,
         **kwargs,
     ):
-        check_labels(kwargs, "VMUNetConfig")
-        kwargs.setdefault("auto_map", dict(VMUNET_AUTO_MAP))
-        depths, depths_decoder = list(depths), list(depths_decoder)
-        dims = stage_widths(dims, len(depths))
-        check_stages(depths, dims, "VMUNetConfig")
-        check_stages(depths_decoder, dims, "VMUNetConfig", names=("depths_decoder", "dims"))
-        if num_channels not in (1, 3):
-            raise ValueError(
-                f"VMUNetConfig: num_channels must be 1 or 3 (the patch embedding is 3-channel and 1-channel inputs "
-                f"are repeated), got {num_channels}."
-            )
-        if dims[0] % patch_size:
-            raise ValueError(
-                f"VMUNetConfig: dims[0] must be divisible by patch_size (the final expansion back to full resolution "
-                f"splits the channels), got dims[0]={dims[0]}, patch_size={patch_size}."
-            )
-        self.num_channels = num_channels
-        self.patch_size = patch_size
-        self.depths = depths
-        self.depths_decoder = depths_decoder
-        self.dims = dims
-        self.d_state = d_state
-        self.d_conv = d_conv
-        self.expand = expand
-        self.dt_rank = dt_rank
-        self.dt_min = dt_min
-        self.dt_max = dt_max
-        self.dt_init = dt_init
-        self.dt_scale = dt_scale
-        self.dt_init_floor = dt_init_floor
-        self.drop_path_rate = drop_path_rate
-        self.layer_norm_eps = layer_norm_eps
-        self.initializer_range = initializer_range
-        self.scan_backend = scan_backend
+        self.depths_decoder = list(depths_decoder)
         self.sigmoid_head = sigmoid_head
         self.bce_weight = bce_weight
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
-        check_ssm_settings(self, "VMUNetConfig")
-        super().__init__(**kwargs)
+        super().__init__(depths=depths, dims=dims, drop_path_rate=drop_path_rate, **kwargs)
+        check_stages(self.depths_decoder, self.dims, "VMUNetConfig", names=("depths_decoder", "dims"))
+        if self.num_channels not in (1, 3):
+            raise ValueError(
+                f"VMUNetConfig: num_channels must be 1 or 3 (the patch embedding is 3-channel and 1-channel inputs "
+                f"are repeated), got {self.num_channels}."
+            )
+        if self.dims[0] % self.patch_size:
+            raise ValueError(
+                f"VMUNetConfig: dims[0] must be divisible by patch_size (the final expansion back to full resolution "
+                f"splits the channels), got dims[0]={self.dims[0]}, patch_size={self.patch_size}."
+            )
         if self.num_labels < 2:
             raise ValueError(
                 f"VMUNetConfig: num_labels={self.num_labels}. Labels include the background, so binary segmentation "
@@ -167,11 +129,6 @@ class VMUNetConfig(PretrainedConfig):
             raise ValueError(
                 f"VMUNetConfig: sigmoid_head=True is the binary head and needs exactly 2 labels, got {self.num_labels}."
             )
-
-    @classmethod
-    def from_preset(cls, name, **kwargs):
-        """``"vmunet-paper"``, ``"vmunet-default"`` or ``"vmunet-synapse"``; ``kwargs`` override."""
-        return cls(**preset_kwargs(VMUNET_PRESETS, name, kwargs, cls.__name__))
 
     @property
     def dims_decoder(self):

@@ -5,28 +5,16 @@ Module and parameter names below ``medmamba.`` equal upstream ``VSSM``'s (``patc
 (`hf_medmamba.convert.MEDMAMBA_PREFIXES`).
 """
 
-import math
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_medmamba import MedMambaConfig
 from .modeling_common import SSMPreTrainedMixin
 from .ss2d import SS2D
-from .validation import check_pixel_values
-from .vss_layers import (
-    DropPath,
-    PatchEmbed2D,
-    PatchMerging2D,
-    VSSStage,
-    classifier_output,
-    ss2d_from_config,
-    stochastic_depth_rates,
-)
+from .vss_layers import DropPath, StageEncoderMixin, classifier_output, conv_fan_in, ss2d_from_config
 
 
 class MedMambaConvBranch(nn.Sequential):
@@ -95,8 +83,8 @@ class MedMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
         elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
-                fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
-                init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+                bound = conv_fan_in(module) ** -0.5
+                init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.BatchNorm2d):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -107,23 +95,14 @@ class MedMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
             module.reset_ssm_parameters()
 
 
-class MedMambaModel(MedMambaPreTrainedModel):
+class MedMambaModel(StageEncoderMixin, MedMambaPreTrainedModel):
     """MedMamba backbone: patch embedding and the Conv-SSM stages, with global average pooling (no final norm)."""
 
     _auto_class = "AutoModel"
 
     def __init__(self, config):
         super().__init__(config)
-        dims = config.dims
-        self.patch_embed = PatchEmbed2D(config.patch_size, config.num_channels, dims[0], config.layer_norm_eps)
-        rates = stochastic_depth_rates(config.drop_path_rate, config.depths)
-        self.layers = nn.ModuleList(
-            VSSStage(
-                [MedMambaBlock(config, dims[i], rate) for rate in rates[i]],
-                PatchMerging2D(dims[i], config.layer_norm_eps) if i < len(dims) - 1 else None,
-            )
-            for i in range(len(dims))
-        )
+        self.build_encoder(config, config.num_channels, MedMambaBlock)
         self.post_init()
 
     def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -132,28 +111,7 @@ class MedMambaModel(MedMambaPreTrainedModel):
         ``pooler_output`` (batch, C), and with ``output_hidden_states`` the patch embedding and the output of every
         stage (after its downsampling, as upstream's ``layers.{i}``), all channels-first.
         """
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        multiple = self.config.patch_size * 2 ** (len(self.config.depths) - 1)
-        check_pixel_values(pixel_values, self.config.num_channels, "MedMamba", multiple=multiple, min_size=multiple)
-
-        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
-        hidden_states = self.patch_embed(pixel_values)  # (B, H/4, W/4, C0)
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        for stage in self.layers:
-            hidden_states = stage(hidden_states)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-
-        last_hidden_state = hidden_states.permute(0, 3, 1, 2)  # (B, C, H, W)
-        pooled = last_hidden_state.mean(dim=(2, 3))
-        hidden_states_out = tuple(h.permute(0, 3, 1, 2) for h in all_hidden_states) if output_hidden_states else None
-        output = BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=last_hidden_state, pooler_output=pooled, hidden_states=hidden_states_out
-        )
-        return output if return_dict else output.to_tuple()
+        return self.pooled_output(pixel_values, "MedMamba", None, output_hidden_states, return_dict)
 
 
 class MedMambaForImageClassification(MedMambaPreTrainedModel):

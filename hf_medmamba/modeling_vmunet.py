@@ -16,9 +16,8 @@ from transformers.utils import ModelOutput
 from .configuration_vmunet import VMUNetConfig
 from .losses import bce_dice_loss, ce_dice_loss
 from .modeling_common import SSMPreTrainedMixin
-from .modeling_vmamba import VMambaEncoderMixin, init_vmamba_weights
 from .validation import check_pixel_values, check_segmentation_labels
-from .vss_layers import PatchExpand, VSSBlock, stochastic_depth_rates
+from .vss_layers import PatchExpand, StageEncoderMixin, VSSBlock, init_vss_weights, stochastic_depth_rates
 
 
 @dataclass
@@ -64,10 +63,10 @@ class VMUNetPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     _no_split_modules = ["VSSBlock"]
 
     def _init_weights(self, module):
-        init_vmamba_weights(module, self.config.initializer_range)
+        init_vss_weights(module, self.config.initializer_range)
 
 
-class VMUNetModel(VMambaEncoderMixin, VMUNetPreTrainedModel):
+class VMUNetModel(StageEncoderMixin, VMUNetPreTrainedModel):
     """VM-UNet without its 1x1 head: VMamba encoder, VSS decoder with additive skips, final x4 patch expansion.
 
     Data flow (e_i channels-last): e0 = patch_embed(x); e_{i+1} = layers.i(e_i); d0 = layers_up.0(e4);
@@ -79,7 +78,7 @@ class VMUNetModel(VMambaEncoderMixin, VMUNetPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.build_encoder(config, in_channels=3)
+        self.build_encoder(config, 3, VSSBlock)
         dims_decoder = config.dims_decoder
         rates = stochastic_depth_rates(config.drop_path_rate, config.depths_decoder, reverse=True)
         self.layers_up = nn.ModuleList(

@@ -4,13 +4,16 @@ Module and parameter names follow upstream (``proj``, ``norm``, ``reduction``, `
 ``self_attention``, ``blocks``, ``downsample``, ``upsample``), so upstream state dicts load without renaming.
 """
 
+import math
+
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
 from .ss2d import SS2D
-from .validation import check_class_labels
+from .validation import check_class_labels, check_pixel_values
 
 
 class DropPath(nn.Module):
@@ -126,6 +129,81 @@ class VSSStage(nn.Module):
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states)
         return hidden_states
+
+
+class StageEncoderMixin:
+    """The patch embedding (``patch_embed``) and the stages (``layers``) of MedMamba, VMamba and VM-UNet's encoder.
+
+    Each stage holds blocks of one width and, but for the last, a 2x patch merging; upstream names throughout.
+    """
+
+    def build_encoder(self, config, in_channels, block_class):
+        dims = config.dims
+        self.patch_embed = PatchEmbed2D(config.patch_size, in_channels, dims[0], config.layer_norm_eps)
+        rates = stochastic_depth_rates(config.drop_path_rate, config.depths)
+        self.layers = nn.ModuleList(
+            VSSStage(
+                [block_class(config, dims[i], rate) for rate in rates[i]],
+                PatchMerging2D(dims[i], config.layer_norm_eps) if i < len(dims) - 1 else None,
+            )
+            for i in range(len(dims))
+        )
+
+    def input_multiple(self):
+        """Height and width must be multiples of this: the stem's stride times the three merges."""
+        return self.config.patch_size * 2 ** (len(self.config.depths) - 1)
+
+    def encode(self, pixel_values):
+        """Channels-last outputs of the patch embedding and of every stage (after its merging, as upstream)."""
+        hidden_states = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
+        outputs = [hidden_states]
+        for stage in self.layers:
+            hidden_states = stage(hidden_states)
+            outputs.append(hidden_states)
+        return outputs
+
+    def pooled_output(self, pixel_values, model_name, norm=None, output_hidden_states=None, return_dict=None):
+        """`BaseModelOutputWithPoolingAndNoAttention` of a classification backbone: the last stage (after ``norm``,
+        if any) channels-first, its global average, and on request every stage output, channels-first."""
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        multiple = self.input_multiple()
+        check_pixel_values(pixel_values, config.num_channels, model_name, multiple=multiple, min_size=multiple)
+        stages = self.encode(pixel_values)
+        last = stages[-1] if norm is None else norm(stages[-1])
+        last = last.permute(0, 3, 1, 2)  # (B, C, H, W)
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last,
+            pooler_output=last.mean(dim=(2, 3)),
+            hidden_states=tuple(h.permute(0, 3, 1, 2) for h in stages) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+@torch.no_grad()
+def init_vss_weights(module, initializer_range):
+    """Upstream VMamba / VM-UNet init: Linear trunc-normal with zero bias, LayerNorm 1/0, convolutions at PyTorch's
+    default (kaiming-uniform, a = sqrt(5)), SS2D's special init."""
+    if isinstance(module, nn.Linear):
+        init.trunc_normal_(module.weight, std=initializer_range)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        if module.bias is not None:
+            bound = conv_fan_in(module) ** -0.5
+            init.uniform_(module.bias, -bound, bound)
+    elif isinstance(module, SS2D):
+        module.reset_ssm_parameters()
+
+
+def conv_fan_in(conv):
+    """PyTorch's fan-in of a convolution weight (its default bias init is uniform within +-1/sqrt(fan_in))."""
+    return conv.in_channels // conv.groups * math.prod(conv.kernel_size)
 
 
 def stochastic_depth_rates(rate, depths, reverse=False):

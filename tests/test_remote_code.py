@@ -48,8 +48,7 @@ REMOTE_FILES = {
     | {"configuration_vmamba.py", "modeling_vmamba.py", "image_processing_vmamba.py"},
     "vmunet": SHARED_FILES
     | PROCESSING
-    | {"configuration_vmunet.py", "modeling_vmunet.py", "losses.py", "configuration_vmamba.py", "modeling_vmamba.py"}
-    | {"image_processing_vmunet.py"},
+    | {"configuration_vmunet.py", "modeling_vmunet.py", "losses.py", "image_processing_vmunet.py"},
 }
 TINY = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
 
