@@ -4,13 +4,10 @@ Importing the package registers the models with the transformers Auto classes. T
 `hf_medmamba.selective_scan` (``from hf_medmamba.selective_scan import selective_scan``).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForSemanticSegmentation,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+
+# Imported from its module: transformers 5.17 exports a torchvision-only placeholder under the top-level name.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_medmamba import MEDMAMBA_PRESETS, MedMambaConfig
 from .configuration_vmamba import VMAMBA_PRESETS, VMambaConfig

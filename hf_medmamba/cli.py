@@ -34,12 +34,8 @@ import PIL.Image
 import torch
 from PIL import ImageDraw, ImageFont
 from tqdm import tqdm
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    AutoModelForSemanticSegmentation,
-)
+from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+from transformers.models.auto.image_processing_auto import AutoImageProcessor  # see hf_medmamba/__init__.py
 from transformers.utils import logging as transformers_logging
 
 from . import __version__

@@ -811,7 +811,9 @@ spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
 model = getattr(transformers, spec["auto_class"]).from_pretrained(spec["folder"], trust_remote_code=True).eval()
 report = {"model_class": type(model).__module__ + "." + type(model).__name__}
 if spec["processor"]:
-    processor = transformers.AutoImageProcessor.from_pretrained(spec["folder"], trust_remote_code=True)
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(spec["folder"], trust_remote_code=True)
     report["processor_class"] = type(processor).__module__ + "." + type(processor).__name__
 inputs = torch.load(spec["inputs"], weights_only=True)
 with torch.no_grad():

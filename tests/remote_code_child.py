@@ -20,7 +20,8 @@ sys.meta_path.insert(0, BlockHfMedmamba())
 import PIL.Image  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import AutoImageProcessor, pipeline  # noqa: E402
+from transformers import pipeline  # noqa: E402
+from transformers.models.auto.image_processing_auto import AutoImageProcessor  # noqa: E402
 
 
 def check(case):

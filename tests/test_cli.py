@@ -55,7 +55,8 @@ def models(tmp_path_factory):
 
 def direct(folder, images, target_sizes=None):
     """What the CLI should compute: the saved processor and model called on the images."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+    from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(folder)
     auto = AutoModelForSemanticSegmentation if target_sizes else AutoModelForImageClassification

@@ -14,7 +14,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
-from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from hf_medmamba import (
     MedMambaConfig,

@@ -2,7 +2,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import AutoImageProcessor
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from hf_medmamba import MedMambaConfig, MedMambaImageProcessor
 from hf_medmamba.image_processing_common import ImageInputError
