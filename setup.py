@@ -22,7 +22,6 @@ EXTRAS = {
     "train": [
         "datasets>=3.0",
         "accelerate>=1.0",
-        "evaluate>=0.4",
         "scikit-learn>=1.4",
         "monai>=1.4",
         "albumentations>=2.0",
