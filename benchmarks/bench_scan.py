@@ -131,6 +131,30 @@ def main():
             f"{train['reference'] / train[backend]:.1f}x |"
         )
 
+    stage1 = rows[0]
+    verdicts = ["| target at (1, 384, 3136) | backend | measured | verdict |", "|---|---|---|---|"]
+
+    def verdict(name, backend, value, limit, higher_is_better, unit):
+        ok = value >= limit if higher_is_better else value <= limit
+        verdicts.append(f"| {name} | {backend} | {value:.1f}{unit} | {'met' if ok else 'NOT met'} |")
+
+    for backend in fast:
+        verdict("forward >= 10x the reference", backend, stage1[2]["reference"] / stage1[2][backend], 10, True, "x")
+        verdict(
+            "forward + backward >= 10x reference autograd", backend, train["reference"] / train[backend], 10, True, "x"
+        )
+        verdict("backward <= 3x own forward", backend, (train[backend] - fwd[backend]) / fwd[backend], 3, False, "x")
+        verdict("peak extra memory of a forward <= 40 MB", backend, stage1[3][backend], 40, False, " MB")
+    if "cpu_kernel" in fast:
+        verdict(
+            "forward >= 40x the reference (issue 9)",
+            "cpu_kernel",
+            stage1[2]["reference"] / stage1[2]["cpu_kernel"],
+            40,
+            True,
+            "x",
+        )
+
     body = f"""
 Command: `python benchmarks/bench_scan.py --threads {args.threads} --repeats {args.repeats}`
 
@@ -144,6 +168,10 @@ Forward + backward at (1, 384, 3136), gradients for u, delta, A, B, C, D and del
 autograd through the sequential recurrence written with `unbind` over time:
 
 {chr(10).join(train_lines)}
+
+Targets:
+
+{chr(10).join(verdicts)}
 """
     print(body)
     if not args.no_write:

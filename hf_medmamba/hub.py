@@ -23,6 +23,7 @@ NOT_REMOTE_CODE = {
     "cli.py": "the prediction command line",
     "convert.py": "the checkpoint converters",
     "cpu_scan.py": "the compiled CPU-kernel loader (it compiles and loads native code)",
+    "export.py": "the ONNX / torch.export tooling",
     "hub.py": "the Hub tooling",
     "metrics.py": "the evaluation metrics",
     "model_card.py": "the model-card builder",

@@ -18,6 +18,8 @@ Backends (see `selective_scan`):
 - ``"chunked"``: a two-level chunked scan in pure PyTorch with a hand-written backward, for CPU and GPU.
 - ``"cpu_kernel"``: the compiled CPU kernel, when the optional `hf_medmamba` extension can be built.
 - ``"mamba_ssm"``: mamba-ssm's CUDA kernel, only when ``mamba_ssm`` imports and the tensors are on CUDA.
+- ``"export"``: a pure function of one step that `torch.export` and the ONNX exporter can trace (see
+  `selective_scan_export`); what ``"auto"`` picks while `torch.export` traces.
 
 ``"auto"`` picks per call, from the device of the tensors: never at import time.
 """
@@ -33,7 +35,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu_kernel", "mamba_ssm")
+SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu_kernel", "mamba_ssm", "export")
 SCAN_BACKEND_ENV = "HF_MEDMAMBA_SCAN_BACKEND"
 """Environment variable that sets the backend wherever a model or a call leaves it at ``"auto"``."""
 
@@ -381,6 +383,133 @@ def selective_scan_chunked(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Export: the recurrence as a pure step function, for torch.export and ONNX
+# ----------------------------------------------------------------------------------------------------------------------
+#
+# The compiled kernels are opaque to tracing, and the chunked scan's in-place block buffers and custom autograd.Function
+# do not trace into a portable graph. Here one step, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t and y_t = <h_t, C_t>, is
+# a pure function scanned over L with `torch._higher_order_ops.scan` when traced (one ONNX ``Scan`` node whatever L,
+# its body six small ops; L may even stay symbolic), and with a Python loop over the same function in eager mode.
+# Unrolled chunked formulations and a two-level scan were measured against it: see benchmarks/bench_export.py.
+
+
+def _scan_steps(step, init, xs):
+    """``(last carry, stacked outputs)`` of ``carry, y = step(carry, x)`` over the first axis of the tensors ``xs``."""
+    if torch.compiler.is_compiling():  # torch.export, torch.compile: a higher-order op (ONNX Scan)
+        from torch._higher_order_ops import scan
+
+        return scan(step, init, xs)
+    carry, ys = init, []
+    for x in zip(*(t.unbind(0) for t in xs)):
+        carry, y = step(carry, x)
+        ys.append(y)
+    return carry, torch.stack(ys)
+
+
+def _export_scan_core(dt, dtu, B, C, A):
+    """The recurrence over the first axis of step-major inputs with leading dims ``lead`` (channels innermost).
+
+    ``dt``, ``dtu = dt * u``: (L, *lead, 1, m); ``B``: (L, *lead, n, 1); ``C``: (L, *lead, 1, n); ``A`` broadcasts to
+    (*lead, n, m). Returns y (L, *lead, 1, m) and the last state (*lead, n, m).
+    """
+    A = A.contiguous()  # the carry must keep the layout of the initial state
+
+    def step(h, inputs):
+        dt_t, dtu_t, B_t, C_t = inputs
+        h = torch.exp(dt_t * A) * h + dtu_t * B_t
+        return h, torch.matmul(C_t, h)
+
+    init = dt.new_zeros((*dt.shape[1:-2], B.shape[-2], dt.shape[-1]))
+    last, y = _scan_steps(step, init, (dt, dtu, B, C))
+    return y, last
+
+
+def _cast(t, dtype):
+    """``t`` in ``dtype`` (no op in the traced graph when it already is)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _softplus(x):
+    """`F.softplus` (threshold 20) from elementwise ops that onnxruntime runs about twice as fast as its Softplus.
+
+    log1p(e^x) uses Goldberg's log1p(y) = log(1 + y) * y / ((1 + y) - 1), accurate to a few ulp: ONNX has no Log1p, and
+    a plain log(1 + y) would lose the small step sizes. Both branches stay finite, so gradients do too.
+    """
+    y = torch.exp(x.clamp(max=20.0))
+    u = 1 + y
+    d = u - 1
+    tiny = d == 0  # y below half an ulp of 1: log1p(y) = y
+    log1p = torch.where(tiny, y, torch.log(u) * (y / torch.where(tiny, 1.0, d)))
+    return torch.where(x > 20.0, x, log1p)
+
+
+def selective_scan_export(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """The recurrence as a scan of a pure step function: traceable by `torch.export` and exportable to ONNX."""
+    B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    out_dtype = u.dtype
+    u, delta, A, B, C, D, z, delta_bias = (_cast(t, dtype) for t in (u, delta, A, B, C, D, z, delta_bias))
+    dt = delta if delta_bias is None else delta + delta_bias.unsqueeze(-1)
+    dt = _softplus(dt) if delta_softplus else dt
+
+    b, d, L = u.shape
+    g, n = B.shape[1], B.shape[2]
+    dg = d // g
+    steps = (  # (L, b, g, ...): states (b, g, n, dg)
+        dt.reshape(b, g, 1, dg, L),
+        (dt * u).reshape(b, g, 1, dg, L),
+        B.unsqueeze(3),  # (b, g, n, 1, L)
+        C.unsqueeze(2),  # (b, g, 1, n, L)
+    )
+    steps = [t.movedim(-1, 0).contiguous() for t in steps]
+    y, last = _export_scan_core(*steps, A.reshape(g, dg, n).transpose(1, 2))
+    y = _finish(y.permute(1, 2, 3, 4, 0).reshape(b, d, L), u, D, z, out_dtype)
+    return (y, last.transpose(-1, -2).reshape(b, d, n)) if return_last_state else y
+
+
+def _direction_indices(height, width, device, K=4):
+    """Indices that gather SS2D's four scan orders step-major, and put them back, with one ``index_select`` each.
+
+    Entry ``t * K + k`` of the first two: the pixel that direction k visits at step t, and that pixel's row
+    ``pixel * K + k`` in a pixel-major, per-direction input. Entry ``p * K + k`` of the third: the row ``t * K + k`` of
+    the step-major output at which direction k visits pixel p. Each has K * L entries.
+    """
+    L = height * width
+    pixels = torch.arange(L, device=device)
+    column_major = pixels.view(height, width).t().reshape(-1)  # pixel at step t of the column-major order
+    column_step = pixels.view(width, height).t().reshape(-1)  # step of each pixel in the column-major order
+    order = torch.stack([pixels, column_major, pixels.flip(0), column_major.flip(0)])  # (K, L): step -> pixel
+    inverse = torch.stack([pixels, column_step, L - 1 - pixels, L - 1 - column_step])  # (K, L): pixel -> step
+    direction = torch.arange(K, device=device).unsqueeze(1)
+    return order.t().reshape(-1), (order * K + direction).t().reshape(-1), (inverse * K + direction).t().reshape(-1)
+
+
+def _cross_selective_scan_export(u, delta, A, B, C, D, delta_bias, height, width):
+    """`cross_selective_scan` on the export backend: the four directions gathered step-major with one
+    ``index_select`` per input, scanned together (states (4, b, n, E)), and gathered back to their pixels."""
+    dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
+    u, delta, A, B, C, D, delta_bias = (_cast(t, dtype) for t in (u, delta, A, B, C, D, delta_bias))
+    batch, E, L = u.shape
+    K, n = B.shape[1], B.shape[2]
+    step_pixel, step_row, pixel_row = _direction_indices(height, width, u.device, K)
+
+    def gather(rows, index):  # (K * L or L, b, X) rows -> (L, K, b, X), step-major
+        return rows.index_select(0, index).view(L, K, batch, rows.shape[-1])
+
+    us = gather(u.permute(2, 0, 1), step_pixel)
+    deltas = gather(delta.view(batch, K, E, L).permute(3, 1, 0, 2).reshape(L * K, batch, E), step_row)
+    Bs = gather(B.permute(3, 1, 0, 2).reshape(L * K, batch, n), step_row)
+    Cs = gather(C.permute(3, 1, 0, 2).reshape(L * K, batch, n), step_row)
+    dt = _softplus(deltas if delta_bias is None else deltas + delta_bias.view(K, 1, E))
+    A = A.view(K, 1, E, n).transpose(-1, -2)  # (K, 1, n, E)
+    y, _ = _export_scan_core(dt.unsqueeze(-2), (dt * us).unsqueeze(-2), Bs.unsqueeze(-1), Cs.unsqueeze(-2), A)
+    y = y.view(L * K, batch, E).index_select(0, pixel_row).view(L, K, batch, E).sum(1).permute(1, 2, 0)
+    return y if D is None else y + u * D.view(K, E).sum(0).unsqueeze(-1)  # the D * u skips of the four directions
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Optional kernels and the dispatch
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -414,7 +543,8 @@ def resolve_scan_backend(backend="auto", device="cpu"):
 
     An explicit ``backend`` wins; ``"auto"`` defers to the ``HF_MEDMAMBA_SCAN_BACKEND`` environment variable, and an
     unset or ``"auto"`` variable chooses by device: mamba-ssm on CUDA when it imports, the compiled CPU kernel on CPU
-    when it loads, otherwise the chunked scan. Forcing a backend that cannot run here raises a ``RuntimeError``.
+    when it loads, otherwise the chunked scan; while `torch.export` traces, the exportable ``"export"`` formulation.
+    Forcing a backend that cannot run here raises a ``RuntimeError``.
     """
     backend = backend or "auto"
     if backend == "auto":
@@ -425,8 +555,16 @@ def resolve_scan_backend(backend="auto", device="cpu"):
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"Unknown scan backend {backend!r} (from {source}); choose one of {', '.join(SCAN_BACKENDS)}.")
     device = torch.device(device)
+    if backend in ("mamba_ssm", "cpu_kernel") and torch.compiler.is_exporting():
+        raise RuntimeError(
+            f"scan backend {backend!r} was forced (by {source}) but torch.export is tracing: a compiled kernel cannot "
+            "be exported. Export traces the pure-PyTorch formulation 'export' (same results to float32 rounding); "
+            "use scan_backend='auto' or 'export' (hf_medmamba.export switches the model to it for you)."
+        )
 
     if backend == "auto":
+        if torch.compiler.is_exporting():
+            return "export"
         if device.type == "cuda" and _mamba_ssm_kernel() is not None:
             return "mamba_ssm"
         if device.type == "cpu" and _cpu_kernel() is not None:
@@ -485,6 +623,7 @@ _SCAN_FUNCTIONS = {
     "chunked": selective_scan_chunked,
     "cpu_kernel": _scan_cpu_kernel,
     "mamba_ssm": _scan_mamba_ssm,
+    "export": selective_scan_export,
 }
 
 
@@ -548,9 +687,12 @@ def cross_selective_scan(u, delta, A, B, C, D, delta_bias, height, width, backen
     (4E,) with rows k * E + channel; softplus on. Returns (b, E, L) float32: the sum over the directions of their scan
     outputs, each put back at its pixels (the direction orders are those of `cross_scan`).
 
-    The compiled CPU kernel walks the four orders in place; the other backends scan reordered copies.
+    The compiled CPU kernel walks the four orders in place; the export backend gathers them with one index per input;
+    the other backends scan reordered copies.
     """
     name = resolve_scan_backend(backend, u.device)
+    if name == "export":
+        return _cross_selective_scan_export(u, delta, A, B, C, D, delta_bias, height, width)
     if name == "cpu_kernel":
         kernel = _cpu_kernel()
         if u.dtype != torch.float64 and A.shape[-1] <= kernel.max_state:

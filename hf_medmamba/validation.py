@@ -54,7 +54,8 @@ def check_pixel_values(pixel_values, num_channels, model_name, multiple=32, min_
             f"{model_name} needs a height and width divisible by {multiple}, got {height}x{width}. Resize the images "
             f"(the image processor resizes to its `size`) or pad them to a multiple of {multiple}."
         )
-    if not torch.isfinite(pixel_values).all():
+    # A traced graph (torch.export, torch.compile) cannot branch on values; eager calls check them.
+    if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values).all():
         raise ValueError(
             f"{model_name} got NaN or infinite values in `pixel_values`. Check the image files and the "
             "normalisation (a constant image with per-image min-max scaling, for example, divides by zero)."
