@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmarks: timing, peak memory of a call, machine description, RESULTS.md sections."""
+"""Shared by the benchmarks: arguments, timing, peak memory of a call, machine description, RESULTS.md sections."""
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,19 @@ import torch
 
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def parse_bench_args(doc, repeats, extra=()):
+    """The options every benchmark takes (--threads, --repeats, --no-write) plus ``extra`` flags; sets the threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    for flag in extra:
+        parser.add_argument(flag, action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def median_time(fn, repeats=5, warmup=1):

@@ -12,7 +12,6 @@ Formulations: SS2D's four-direction scan of MedMamba-T's first stage (96 channel
 four ways that export, each exported alone to ONNX and timed in onnxruntime the same way.
 """
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import machine, write_section
+from _common import machine, parse_bench_args, write_section
 
 from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, VMUNetConfig, VMUNetForSegmentation
 from hf_medmamba import selective_scan as ss
@@ -299,13 +298,7 @@ def formulations_table(rows, med):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--skip-formulations", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(__doc__, repeats=10, extra=("--skip-formulations",))
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
 

@@ -8,7 +8,6 @@ peers measured in the same run. The peak memory of one call is measured in a fre
 section times both models at several input sizes and draws a PNG; the profile section lists where the time goes.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import RESULTS, machine, median_time, peak_extra_memory_mb, write_section
+from _common import RESULTS, machine, median_time, parse_bench_args, peak_extra_memory_mb, write_section
 
 from hf_medmamba import (
     MedMambaConfig,
@@ -194,13 +193,7 @@ def profile_table(name, size, top=12):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--skip-scaling", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(__doc__, repeats=5, extra=("--skip-scaling",))
 
     calls = {name: make_call(*spec[:4], spec[4]) for name, spec in CASES.items()}
     med = time_round_robin(calls, args.repeats)

@@ -7,7 +7,6 @@ against autograd through the reference (written with ``unbind`` over time); and 
 call in a fresh process. Writes the table to benchmarks/RESULTS.md.
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import machine, median_time, peak_extra_memory_mb, write_section
+from _common import machine, median_time, parse_bench_args, peak_extra_memory_mb, write_section
 
 from hf_medmamba import selective_scan as ss
 
@@ -82,12 +81,7 @@ def available_backends():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(__doc__, repeats=5)
     backends = available_backends()
     fast = [b for b in backends if b != "reference"]
 

@@ -63,21 +63,25 @@ def call(fn, inp, opts, **kw):
     )
 
 
+@pytest.mark.parametrize("backend", ["chunked", "export"])  # the two pure-PyTorch fast formulations
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("opts", OPTIONS)
 @pytest.mark.parametrize("dt_scale", [1.0, 12.0])  # 12: softplus saturates, dt reaches ~40 and exp(dt A) underflows
-def test_chunked_equals_reference_equals_float64(shape, opts, dt_scale):
+def test_fast_scans_equal_reference_equal_float64(backend, shape, opts, dt_scale):
+    scan = {"chunked": ss.selective_scan_chunked, "export": ss.selective_scan_export}[backend]
     inp64 = make_inputs(*shape, dtype=torch.float64, dt_scale=dt_scale)
     inp32 = {k: v.float() for k, v in inp64.items()}
     exact, exact_last = call(ss.selective_scan_reference, inp64, opts, return_last_state=True)
     ref, _ = call(ss.selective_scan_reference, inp32, opts, return_last_state=True)
-    chk, chk_last = call(ss.selective_scan_chunked, inp32, opts, return_last_state=True)
-    assert chk.dtype == torch.float32 and chk.shape == inp32["u"].shape
-    assert chk_last.shape == (shape[0], shape[1], shape[3])
+    y, last = call(scan, inp32, opts, return_last_state=True)
+    assert y.dtype == torch.float32 and y.shape == inp32["u"].shape
+    assert last.shape == (shape[0], shape[1], shape[3])
     assert rel_err(ref, exact) <= 1e-5
-    assert rel_err(chk, exact) <= 1e-5
-    assert rel_err(chk, ref) <= 1e-5
-    assert rel_err(chk_last, exact_last) <= 1e-5
+    assert rel_err(y, exact) <= 1e-5
+    assert rel_err(y, ref) <= 1e-5
+    assert rel_err(last, exact_last) <= 1e-5
+    y64, last64 = call(scan, inp64, opts, return_last_state=True)  # float64 in, float64 math
+    assert rel_err(y64, exact) <= 1e-12 and rel_err(last64, exact_last) <= 1e-12
 
 
 @pytest.mark.parametrize("block_elements", [1, 300, 10**9])
