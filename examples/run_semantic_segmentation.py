@@ -329,35 +329,20 @@ def reduce_logits(logits, labels):
     return logits.argmax(dim=1).to(torch.int16)
 
 
-def multiclass_dice(predictions, labels, id2label, ignore_index=255):
-    """Per-class Dice pooled over all evaluation pixels (classes 1..C-1; NaN when a class is in neither) and their
-    mean, plus pixel accuracy."""
-    valid = labels != ignore_index
-    predictions, labels = predictions[valid].astype(np.int64), labels[valid].astype(np.int64)
-    num_classes = len(id2label)
-    counts = np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, -1)
-    tp = np.diag(counts).astype(np.float64)
-    denominator = counts.sum(axis=0) + counts.sum(axis=1)
-    dice = np.full(num_classes, np.nan)
-    np.divide(2 * tp, denominator, out=dice, where=denominator > 0)
-    metrics = {f"dice_{id2label[k].replace(' ', '_')}": float(dice[k]) for k in range(1, num_classes)}
-    foreground = dice[1:][~np.isnan(dice[1:])]
-    metrics["mean_dice"] = float(foreground.mean()) if foreground.size else float("nan")
-    metrics["pixel_accuracy"] = float(tp.sum() / max(counts.sum(), 1))
-    return metrics
-
-
 def make_compute_metrics(id2label, ignore_index=255):
     """Binary: the ISIC pooled mIoU, DSC, accuracy, specificity, sensitivity and the mean per-image Dice
-    (`hf_medmamba.metrics.binary_segmentation_metrics`); multi-class: per-class and mean Dice."""
+    (`hf_medmamba.metrics.binary_segmentation_metrics`); multi-class: per-class and mean Dice and pixel accuracy
+    over all pixels (`hf_medmamba.metrics.multiclass_segmentation_metrics`)."""
 
     def compute_metrics(eval_prediction):
-        from hf_medmamba.metrics import binary_segmentation_metrics  # MONAI: imported only when needed
+        from hf_medmamba.metrics import binary_segmentation_metrics, multiclass_segmentation_metrics  # needs MONAI
 
         predictions = np.asarray(eval_prediction.predictions)
         labels = np.asarray(eval_prediction.label_ids)
         if len(id2label) > 2:
-            return multiclass_dice(predictions, labels, id2label, ignore_index)
+            result = multiclass_segmentation_metrics(predictions, labels, len(id2label), ignore_index)
+            metrics = {f"dice_{id2label[k].replace(' ', '_')}": dice for k, dice in enumerate(result["dice"]) if k}
+            return {**metrics, "mean_dice": result["mean_dice"], "pixel_accuracy": result["pixel_accuracy"]}
         valid = labels != ignore_index
         metrics = binary_segmentation_metrics(
             [p[v].astype(np.float32) for p, v in zip(predictions, valid)], [t[v] for t, v in zip(labels, valid)]

@@ -224,6 +224,35 @@ def binary_segmentation_metrics(probabilities_or_masks_list, targets_list, thres
     }
 
 
+def multiclass_segmentation_metrics(predictions, targets, num_classes, ignore_index=255):
+    """Per-class Dice over all pixels of a set of 2-D label maps, pooled like the ISIC protocol, for C > 2 classes.
+
+    ``predictions`` and ``targets`` are class-index arrays of the same shape (N × H × W or flat); target pixels equal
+    to ``ignore_index`` are left out. From one confusion matrix over all remaining pixels: ``dice`` (a list of C
+    values, ``2 TP_k / (2 TP_k + FP_k + FN_k)``; NaN for a class that is in neither the targets nor the predictions),
+    ``mean_dice`` (the mean over the foreground classes 1..C-1 that are not NaN; NaN if all are) and
+    ``pixel_accuracy``. For per-volume Dice and HD95 use `volume_dice_hd95`.
+    """
+    predictions, targets = _to_numpy(predictions), _to_numpy(targets)
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions shape {predictions.shape} != targets shape {targets.shape}.")
+    valid = targets != ignore_index
+    predictions, targets = predictions[valid].astype(np.int64), targets[valid].astype(np.int64)
+    for name, values in (("predictions", predictions), ("targets", targets)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(
+                f"{name} must hold class indices in [0, {num_classes}), got values in [{values.min()}, {values.max()}]."
+            )
+    counts = confusion_matrix(targets, predictions, labels=list(range(num_classes)))
+    tp = np.diag(counts).astype(np.float64)
+    dice = _ratio(2 * tp, counts.sum(axis=0) + counts.sum(axis=1), undefined=np.nan)
+    return {
+        "dice": dice.tolist(),
+        "mean_dice": _mean(dice[1:]),
+        "pixel_accuracy": float(_ratio(tp.sum(), counts.sum(), undefined=np.nan)),
+    }
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Multi-organ segmentation (TransUNet/VM-UNet, Synapse)
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import torch
 from hf_medmamba.metrics import (
     binary_segmentation_metrics,
     classification_metrics,
+    multiclass_segmentation_metrics,
     plot_confusion_matrix,
     synapse_summary,
     volume_dice_hd95,
@@ -266,3 +267,22 @@ def test_synapse_summary():
     assert summary["mean_hd95"] == approx(3.0)
     with pytest.raises(ValueError, match="3 dice and hd95"):
         synapse_summary(cases, ["liver", "spleen", "kidney"])
+
+
+def test_multiclass_segmentation_metrics_by_hand():
+    # 3 classes over 8 pixels (one ignored). Rows: target, prediction.
+    targets = np.array([[0, 0, 1, 1, 1, 2, 2, 255]])
+    predictions = np.array([[0, 1, 1, 1, 2, 2, 0, 2]])
+    result = multiclass_segmentation_metrics(predictions, targets, num_classes=3)
+    # class 0: TP 1, FP 1 (pixel 6), FN 1 (pixel 1) -> 2/4; class 1: TP 2, FP 1, FN 1 -> 4/6; class 2: TP 1, FP 1,
+    # FN 1 -> 2/4. The ignored pixel (predicted 2) counts nowhere.
+    assert result["dice"] == approx([0.5, 2 / 3, 0.5])
+    assert result["mean_dice"] == approx((2 / 3 + 0.5) / 2)
+    assert result["pixel_accuracy"] == approx(4 / 7)
+    # A class absent from targets and predictions has an undefined (NaN) Dice and stays out of the mean.
+    result = multiclass_segmentation_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), num_classes=3)
+    assert math.isnan(result["dice"][2]) and result["mean_dice"] == approx(2 / 3)
+    with pytest.raises(ValueError, match="class indices"):
+        multiclass_segmentation_metrics(np.array([0, 3]), np.array([0, 1]), num_classes=3)
+    with pytest.raises(ValueError, match="shape"):
+        multiclass_segmentation_metrics(np.zeros((2, 2)), np.zeros((2, 3)), num_classes=3)
