@@ -109,3 +109,16 @@ def test_evaluation_is_deterministic_and_thread_count_independent(name):
             torch.set_num_threads(threads)
     assert torch.equal(first, second)
     torch.testing.assert_close(single_thread, first, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["medmamba", "vmunet"])
+def test_cpu_equals_cuda(name):
+    """The whole model on CUDA (scan backend "auto": mamba-ssm's kernel when it imports, else the chunked scan)
+    against CPU (the compiled kernel or the chunked scan)."""
+    model = tiny_models()[name].eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        on_cpu = model(x).logits
+        on_cuda = model.cuda()(x.cuda()).logits.cpu()
+    torch.testing.assert_close(on_cuda, on_cpu, rtol=0, atol=1e-4)
