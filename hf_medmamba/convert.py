@@ -658,18 +658,6 @@ class VMUNetInitReport:
             )
         return "\n".join(lines)
 
-    def as_dict(self):
-        return {
-            "model_tensors": self.model_tensors,
-            "checkpoint_tensors": self.checkpoint_tensors,
-            "encoder_loaded": len(self.encoder),
-            "decoder_loaded": len(self.decoder),
-            "decoder_candidates": self.decoder_candidates,
-            "skipped_encoder": len(self.skipped_encoder),
-            "skipped_decoder": len(self.skipped_decoder),
-            "never_loaded": len(self.never_loaded),
-        }
-
 
 def plan_vmunet_init(model_shapes, checkpoint_shapes):
     """Upstream ``load_from`` as a plan over names and shapes (no tensors needed, so it works on meta models).
