@@ -317,17 +317,17 @@ def load_image_datasets(data_args, cache_dir=None):
 
 
 def train_eval_splits(dataset, data_args, seed):
-    """(train, eval) datasets: the named eval split, else 'validation'/'val'/'test', else a split of train."""
+    """(train, eval, eval split name): the named eval split, else 'validation'/'val'/'test', else a split of train."""
     if "train" not in dataset:
         raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset)})")
     names = [data_args.eval_split_name] if data_args.eval_split_name else ["validation", "valid", "val", "test"]
     for name in names:
         if name in dataset:
-            return dataset["train"], dataset[name]
+            return dataset["train"], dataset[name], name
     if data_args.eval_split_name:
         raise ValueError(f"no split {data_args.eval_split_name!r} in the dataset (splits: {list(dataset)})")
     split = dataset["train"].train_test_split(test_size=data_args.train_val_split, seed=seed)
-    return split["train"], split["test"]
+    return split["train"], split["test"], f"held-out {data_args.train_val_split:g} of train (seed {seed})"
 
 
 def limit(dataset, max_samples, seed):
@@ -484,3 +484,76 @@ def json_safe(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model card of a trained folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+CARD_METRICS = {  # eval metric key -> (model-index metric type, display name)
+    "image-classification": {
+        "accuracy": ("accuracy", "Accuracy"),
+        "precision": ("precision", "Macro precision"),
+        "sensitivity": ("recall", "Macro sensitivity"),
+        "specificity": ("specificity", "Macro specificity"),
+        "f1": ("f1", "Macro F1"),
+        "auc": ("roc_auc", "One-vs-rest AUC"),
+    },
+    "image-segmentation": {
+        "dsc": ("dice", "DSC (pooled over all pixels)"),
+        "miou": ("iou", "mIoU (pooled foreground IoU)"),
+        "accuracy": ("accuracy", "Pixel accuracy"),
+        "specificity": ("specificity", "Specificity"),
+        "sensitivity": ("recall", "Sensitivity"),
+        "mean_image_dice": ("dice", "Mean per-image Dice"),
+        "mean_dice": ("dice", "Mean Dice over the foreground classes"),
+        "pixel_accuracy": ("accuracy", "Pixel accuracy"),
+    },
+}
+
+
+def write_model_card(trainer, model_args, data_args, task, script, eval_split, sizes, eval_metrics=None):
+    """README.md for a trained hf_medmamba folder (``trainer.args.output_dir``): the card of
+    `hf_medmamba.model_card`, whose model-index holds this run's final evaluation on ``eval_split``. Other
+    architectures (ConvNeXt, SegFormer) get no card here. Returns the card's path, or None."""
+    from hf_medmamba.model_card import card_for_folder
+
+    args, state = trainer.args, trainer.state
+    if trainer.model.config.model_type not in ("medmamba", "vmamba", "vmunet"):
+        return None
+    if data_args.dataset_name:
+        dataset_type, dataset_name = data_args.dataset_name, data_args.dataset_name
+    else:
+        dataset_type = Path(data_args.data_dir).resolve().name
+        dataset_name = f"{dataset_type} (local imagefolder)"
+    results = []
+    for key, (metric_type, metric_name) in CARD_METRICS[task].items():
+        value = (eval_metrics or {}).get(f"eval_{key}")
+        if value is not None and math.isfinite(value):
+            results.append(
+                {
+                    "task_type": task,
+                    "dataset_type": dataset_type,
+                    "dataset_name": dataset_name,
+                    "dataset_split": eval_split,
+                    "metric_type": metric_type,
+                    "metric_name": metric_name,
+                    "metric_value": round(float(value), 4),
+                }
+            )
+    start = model_args.model_name_or_path or getattr(model_args, "encoder_name_or_path", None)
+    # Weights trained from scratch here owe nothing to upstream's: they get the package's licence.
+    license = None if start else "apache-2.0"
+    start = f"`{start}`" if start else "a random initialisation (no upstream weights)"
+    training_data = [
+        f"Fine-tuned with hf_medmamba's `examples/{script}` on {dataset_name}: {sizes['num_train_examples']} "
+        f"training examples; evaluated on {sizes['num_eval_examples']} examples of the '{eval_split}' split.",
+        f"Training: {state.epoch or 0:g} epochs ({state.global_step} optimiser steps), learning rate "
+        f"{args.learning_rate:g}, batch {args.per_device_train_batch_size} per device, seed {args.seed}; the weights "
+        f"started from {start}.",
+        "The data's own licence applies (for the bundled BUSI copies, see examples/data/README.md).",
+    ]
+    path = Path(args.output_dir) / "README.md"
+    card = card_for_folder(args.output_dir, eval_results=results or None, training_data=training_data, license=license)
+    card.save(path)
+    return path

@@ -55,6 +55,7 @@ from example_utils import (
     to_uint8_array,
     train_eval_splits,
     with_example_index,
+    write_model_card,
 )
 
 import hf_medmamba
@@ -296,7 +297,7 @@ def main(argv=None, callbacks=None):
 
     with training_args.main_process_first(desc="loading the dataset"):
         dataset = load_image_datasets(data_args, model_args.cache_dir)
-    train_dataset, eval_dataset = train_eval_splits(dataset, data_args, training_args.seed)
+    train_dataset, eval_dataset, eval_split = train_eval_splits(dataset, data_args, training_args.seed)
     names, label2id = class_names(train_dataset, data_args.label_column_name)
     id2label = dict(enumerate(names))
 
@@ -350,6 +351,20 @@ def main(argv=None, callbacks=None):
             report, png = write_report(training_args.output_dir, prediction.label_ids, logits, names)
             results["eval_report"], results["confusion_matrix_png"] = report, str(png)
             logger.info(f"Confusion matrix (rows true, columns predicted) {names}: {report['confusion_matrix']}")
+
+    if training_args.do_train and trainer.is_world_process_zero():
+        card = write_model_card(
+            trainer,
+            model_args,
+            data_args,
+            "image-classification",
+            "run_image_classification.py",
+            eval_split,
+            sizes,
+            results.get("eval"),
+        )
+        if card:
+            results["model_card"] = str(card)
     return results
 
 

@@ -58,6 +58,7 @@ from example_utils import (
     to_uint8_array,
     train_eval_splits,
     with_example_index,
+    write_model_card,
 )
 
 import hf_medmamba
@@ -418,7 +419,7 @@ def main(argv=None, callbacks=None):
 
     with training_args.main_process_first(desc="loading the dataset"):
         dataset = load_image_datasets(data_args, model_args.cache_dir)
-    train_dataset, eval_dataset = train_eval_splits(dataset, data_args, training_args.seed)
+    train_dataset, eval_dataset, eval_split = train_eval_splits(dataset, data_args, training_args.seed)
     mask_column = find_mask_column(train_dataset, data_args.mask_column_name)
 
     config = build_config(model_args, default_labels(model_args, data_args))
@@ -489,6 +490,20 @@ def main(argv=None, callbacks=None):
                     id2label,
                     mask_mode,
                 )
+
+    if training_args.do_train and trainer.is_world_process_zero():
+        card = write_model_card(
+            trainer,
+            model_args,
+            data_args,
+            "image-segmentation",
+            "run_semantic_segmentation.py",
+            eval_split,
+            sizes,
+            results.get("eval"),
+        )
+        if card:
+            results["model_card"] = str(card)
     return results
 
 

@@ -379,7 +379,7 @@ def _paper_results(kind):
 
 def _license(kind, license, status):
     if license:
-        return license, None, None, f"`{license}` (as given at conversion)."
+        return license, None, None, f"`{license}` (as given {'at conversion' if status == 'converted' else 'for it'})."
     if status == "initialised":
         return "mit", None, None, "`mit`, the licence of the VMamba weights it is initialised from."
     name, license_name, link = _KIND_INFO[kind]["license"]
@@ -429,6 +429,7 @@ def build_model_card(
     num_parameters=None,
     tags=None,
     provenance_note=None,
+    training_data=None,
 ):
     """The model card of an hf_medmamba model: YAML metadata (licence, ``library_name: transformers``,
     ``pipeline_tag``, tags, datasets, ``base_model``, and a ``model-index`` only with measured ``eval_results``) and
@@ -437,7 +438,8 @@ def build_model_card(
     separate table, citations, and conversion provenance: source file and SHA-256).
 
     ``status`` is ``"converted"`` (from an upstream checkpoint), ``"initialised"`` (VM-UNet initialised from VMamba,
-    not trained) or ``"trained"`` (a folder trained with hf_medmamba).
+    not trained) or ``"trained"`` (a folder trained with hf_medmamba). ``training_data`` (a list of sentences)
+    replaces the default description of the training data, e.g. for a model fine-tuned here.
     """
     if status not in ("converted", "initialised", "trained"):
         raise ValueError(f"status must be 'converted', 'initialised' or 'trained', got {status!r}.")
@@ -480,7 +482,8 @@ def build_model_card(
     provenance.append(("Upstream code", upstream_code))
     if provenance_note:
         provenance.append(("Note", provenance_note))
-    training_data = _INITIALISED_TRAINING if status == "initialised" else _TRAINING_DATA[kind]
+    if training_data is None:
+        training_data = _INITIALISED_TRAINING if status == "initialised" else _TRAINING_DATA[kind]
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),

@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import pipeline
 
 from hf_medmamba import (
@@ -69,6 +70,13 @@ def png_size(path):
         return image.size
 
 
+def card_results(folder):
+    """The model-index results of a trained folder's README.md, as {metric name: (value, split)}."""
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and "not a medical device" in card.text
+    return {r.metric_name: (r.metric_value, r.dataset_split) for r in card.data.eval_results}
+
+
 def test_classification_script_end_to_end(tmp_path, datasets_cache):
     script = example("run_image_classification")
     out = tmp_path / "medmamba"
@@ -92,6 +100,11 @@ def test_classification_script_end_to_end(tmp_path, datasets_cache):
     assert png_size(out / "confusion_matrix.png")[0] > 100
     assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
     assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
+    # the card's model-index carries this run's final evaluation, on the split it was made on
+    results_in_card = card_results(out)
+    assert results_in_card["Accuracy"] == (round(all_results["eval_accuracy"], 4), "test")
+    assert results_in_card["One-vs-rest AUC"][0] == round(all_results["eval_auc"], 4)
+    assert ModelCard.load(out / "README.md").data.license == "apache-2.0"  # trained from scratch: no upstream weights
 
     classifier = pipeline("image-classification", model=str(out), trust_remote_code=True)
     with PIL.Image.open(DATA / "busi_cls" / "test" / "normal" / "normal_0004.png") as image:
@@ -133,6 +146,9 @@ def test_binary_segmentation_script_end_to_end(tmp_path, datasets_cache):
     for key in ("miou", "dsc", "accuracy", "specificity", "sensitivity", "mean_image_dice"):
         assert 0.0 <= all_results[f"eval_{key}"] <= 1.0, key
     assert np.isfinite(all_results["train_loss"])
+    results_in_card = card_results(out)
+    assert results_in_card["DSC (pooled over all pixels)"] == (round(all_results["eval_dsc"], 4), "test")
+    assert results_in_card["Mean per-image Dice"][0] == round(all_results["eval_mean_image_dice"], 4)
     overlays = sorted((out / "overlays").glob("*.png"))
     assert len(overlays) == 2 and all(png_size(p)[0] > 300 for p in overlays)
 
