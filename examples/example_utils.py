@@ -490,6 +490,7 @@ def json_safe(value):
 # Model card of a trained folder
 # ----------------------------------------------------------------------------------------------------------------------
 
+SCRIPTS = {"image-classification": "run_image_classification.py", "image-segmentation": "run_semantic_segmentation.py"}
 CARD_METRICS = {  # eval metric key -> (model-index metric type, display name)
     "image-classification": {
         "accuracy": ("accuracy", "Accuracy"),
@@ -512,10 +513,11 @@ CARD_METRICS = {  # eval metric key -> (model-index metric type, display name)
 }
 
 
-def write_model_card(trainer, model_args, data_args, task, script, eval_split, sizes, eval_metrics=None):
+def write_model_card(trainer, model_args, data_args, run, eval_metrics=None):
     """README.md for a trained hf_medmamba folder (``trainer.args.output_dir``): the card of
-    `hf_medmamba.model_card`, whose model-index holds this run's final evaluation on ``eval_split``. Other
-    architectures (ConvNeXt, SegFormer) get no card here. Returns the card's path, or None."""
+    `hf_medmamba.model_card`, whose model-index holds this run's final evaluation. ``run`` holds the ``task``, the
+    ``eval_split`` name and the ``num_train_examples`` / ``num_eval_examples``. Other architectures (ConvNeXt,
+    SegFormer) get no card here. Returns the card's path, or None."""
     from hf_medmamba.model_card import card_for_folder
 
     args, state = trainer.args, trainer.state
@@ -527,6 +529,7 @@ def write_model_card(trainer, model_args, data_args, task, script, eval_split, s
         dataset_type = Path(data_args.data_dir).resolve().name
         dataset_name = f"{dataset_type} (local imagefolder)"
     results = []
+    task, eval_split, script = run["task"], run["eval_split"], SCRIPTS[run["task"]]
     for key, (metric_type, metric_name) in CARD_METRICS[task].items():
         value = (eval_metrics or {}).get(f"eval_{key}")
         if value is not None and math.isfinite(value):
@@ -546,8 +549,8 @@ def write_model_card(trainer, model_args, data_args, task, script, eval_split, s
     license = None if start else "apache-2.0"
     start = f"`{start}`" if start else "a random initialisation (no upstream weights)"
     training_data = [
-        f"Fine-tuned with hf_medmamba's `examples/{script}` on {dataset_name}: {sizes['num_train_examples']} "
-        f"training examples; evaluated on {sizes['num_eval_examples']} examples of the '{eval_split}' split.",
+        f"Fine-tuned with hf_medmamba's `examples/{script}` on {dataset_name}: {run['num_train_examples']} "
+        f"training examples; evaluated on {run['num_eval_examples']} examples of the '{eval_split}' split.",
         f"Training: {state.epoch or 0:g} epochs ({state.global_step} optimiser steps), learning rate "
         f"{args.learning_rate:g}, batch {args.per_device_train_batch_size} per device, seed {args.seed}; the weights "
         f"started from {start}.",
@@ -556,4 +559,4 @@ def write_model_card(trainer, model_args, data_args, task, script, eval_split, s
     path = Path(args.output_dir) / "README.md"
     card = card_for_folder(args.output_dir, eval_results=results or None, training_data=training_data, license=license)
     card.save(path)
-    return path
+    return str(path)

@@ -353,18 +353,8 @@ def main(argv=None, callbacks=None):
             logger.info(f"Confusion matrix (rows true, columns predicted) {names}: {report['confusion_matrix']}")
 
     if training_args.do_train and trainer.is_world_process_zero():
-        card = write_model_card(
-            trainer,
-            model_args,
-            data_args,
-            "image-classification",
-            "run_image_classification.py",
-            eval_split,
-            sizes,
-            results.get("eval"),
-        )
-        if card:
-            results["model_card"] = str(card)
+        run = {"task": "image-classification", "eval_split": eval_split, **sizes}
+        results["model_card"] = write_model_card(trainer, model_args, data_args, run, results.get("eval"))
     return results
 
 

@@ -492,18 +492,8 @@ def main(argv=None, callbacks=None):
                 )
 
     if training_args.do_train and trainer.is_world_process_zero():
-        card = write_model_card(
-            trainer,
-            model_args,
-            data_args,
-            "image-segmentation",
-            "run_semantic_segmentation.py",
-            eval_split,
-            sizes,
-            results.get("eval"),
-        )
-        if card:
-            results["model_card"] = str(card)
+        run = {"task": "image-segmentation", "eval_split": eval_split, **sizes}
+        results["model_card"] = write_model_card(trainer, model_args, data_args, run, results.get("eval"))
     return results
 
 
