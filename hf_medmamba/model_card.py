@@ -267,9 +267,11 @@ _KIND_INFO = {
     },
     "vmunet-isic": {
         "title": "VM-UNet (binary lesion segmentation, ISIC setting)",
+        "trained_title": "VM-UNet (binary lesion segmentation)",
         "task": "image-segmentation",
         "auto_class": "AutoModelForSemanticSegmentation",
-        "tags": ["vm-unet", "image-segmentation", "semantic-segmentation", "skin-lesion", "dermoscopy"],
+        "tags": ["vm-unet", "image-segmentation", "semantic-segmentation"],
+        "setting_tags": ["skin-lesion", "dermoscopy"],
         "citations": ["vmunet", "vmamba"],
         "summary": [
             "VM-UNet (Ruan et al., 2024) is a U-shaped segmentation network built only from visual state-space (VSS) "
@@ -284,6 +286,8 @@ _KIND_INFO = {
         "limitations": [
             "Binary only: lesion versus background, thresholded at 0.5 by default (`threshold` in the processor).",
             "Expects the ISIC min-max normalisation (see Input preprocessing); other normalisations degrade it.",
+        ],
+        "setting_limitations": [
             "Dermoscopy datasets under-represent darker skin types; performance across skin tones is unknown.",
         ],
         "classes_note": None,
@@ -294,9 +298,11 @@ _KIND_INFO = {
     },
     "vmunet-synapse": {
         "title": "VM-UNet (multi-organ CT segmentation, Synapse setting)",
+        "trained_title": "VM-UNet (multi-class segmentation)",
         "task": "image-segmentation",
         "auto_class": "AutoModelForSemanticSegmentation",
-        "tags": ["vm-unet", "image-segmentation", "semantic-segmentation", "ct", "multi-organ", "abdomen"],
+        "tags": ["vm-unet", "image-segmentation", "semantic-segmentation"],
+        "setting_tags": ["ct", "multi-organ", "abdomen"],
         "citations": ["vmunet", "vmamba"],
         "summary": [
             "VM-UNet (Ruan et al., 2024) is a U-shaped segmentation network built only from visual state-space (VSS) "
@@ -310,6 +316,8 @@ _KIND_INFO = {
         "fine-tuning. Volumes are segmented slice by slice.",
         "limitations": [
             "Works on 2-D slices: no 3-D context; the CT windowing must match the training data's.",
+        ],
+        "setting_limitations": [
             "Trained on very few scans in the Synapse setting (18 training volumes); expect failures on other "
             "scanners, contrast phases and anatomy.",
         ],
@@ -450,6 +458,13 @@ def build_model_card(
             "build_model_card needs the image processor saved with the model (its settings are documented)."
         )
     task = info["task"]
+    # A folder trained here is described by its own data, not by the upstream setting (ISIC, Synapse) of its kind.
+    upstream_setting = status != "trained"
+    title = info["title"] if upstream_setting else info.get("trained_title", info["title"])
+    setting_tags = info.get("setting_tags", []) if upstream_setting else []
+    limitations = info["limitations"] + (info.get("setting_limitations", []) if upstream_setting else [])
+    if status == "initialised":
+        limitations.append("Initialisation only: fine-tune before any use.")
     results = load_eval_results(eval_results, task) if eval_results else None
     license_id, license_name, license_link, license_text = _license(kind, license, status)
     card_data = ModelCardData(
@@ -458,10 +473,10 @@ def build_model_card(
         license_link=license_link,
         library_name="transformers",
         pipeline_tag=task,
-        tags=list(dict.fromkeys(BASE_TAGS + info["tags"] + list(tags or []))),
+        tags=list(dict.fromkeys(BASE_TAGS + info["tags"] + setting_tags + list(tags or []))),
         datasets=list(datasets) if datasets else info["datasets"],
         base_model=base_model,
-        model_name=model_name or info["title"],
+        model_name=model_name or title,
         eval_results=results,
     )
     labels = _labels(config)
@@ -487,8 +502,8 @@ def build_model_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        title=model_name or info["title"],
-        family=info["title"],
+        title=model_name or title,
+        family=title,
         summary=info["summary"],
         status=status,
         architecture=_architecture(config, variant, num_parameters),
@@ -501,8 +516,7 @@ def build_model_card(
         example_image=info["example_image"],
         preprocessing=preprocessing_lines(processor, config),
         intended_use=info["intended_use"],
-        limitations=info["limitations"]
-        + (["Initialisation only: fine-tune before any use."] if status == "initialised" else []),
+        limitations=limitations,
         training_data=training_data,
         license_text=license_text,
         upstream_code=upstream_code,

@@ -155,3 +155,18 @@ def test_loading_instructions_with_the_package_installed(tmp_path):
     with PIL.Image.open(shared_path("data", "busi_cls", "test", "benign", "benign_0003.png")) as image:
         result = classifier(image.copy())
     assert sorted(r["label"] for r in result) == ["benign", "malignant"]
+
+
+def test_a_trained_card_describes_its_own_data_not_the_upstream_setting():
+    from hf_medmamba import VMUNetConfig
+    from hf_medmamba.convert import vmunet_processor
+
+    config = VMUNetConfig.from_preset("vmunet-paper")
+    converted = build_model_card(config, vmunet_processor(config))
+    trained = build_model_card(
+        config, vmunet_processor(config), status="trained", training_data=["BUSI ultrasound, 75 images."]
+    )
+    assert {"skin-lesion", "dermoscopy"} <= set(converted.data.tags)
+    assert not {"skin-lesion", "dermoscopy"} & set(trained.data.tags)
+    assert "darker skin types" in converted.text and "darker skin types" not in trained.text
+    assert "ISIC setting" not in trained.text.split("## ")[0] and "- BUSI ultrasound, 75 images." in trained.text
