@@ -6,13 +6,12 @@ uploads a folder as one commit after the scan and a fresh-process load check. No
 """
 
 import ast
-import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .convert import VerificationError, verify_folder
+from .convert import VerificationError, sha256_file, verify_folder
 
 
 # Entry points of the remote code: `save_pretrained` copies these and, transitively, the siblings they import.
@@ -357,14 +356,6 @@ class UploadFile:
     sha256: str
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def upload_plan(folder):
     """The files to upload (top-level regular files; no hidden files, no pickle files such as Trainer's
     ``training_args.bin``) and the skipped entries with the reason. Raises when a required file is missing."""
@@ -382,7 +373,7 @@ def upload_plan(folder):
         elif path.is_symlink() or not path.is_file():
             skipped.append((path.name, "not a regular file"))
         else:
-            files.append(UploadFile(path, path.name, path.stat().st_size, _sha256(path)))
+            files.append(UploadFile(path, path.name, path.stat().st_size, sha256_file(path)))
     names = {f.path_in_repo for f in files}
     missing = [n for n in ("config.json", "README.md") if n not in names]
     if not ({"model.safetensors", "model.safetensors.index.json"} & names):
