@@ -8,13 +8,11 @@ Module and parameter names below ``medmamba.`` equal upstream ``VSSM``'s (``patc
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_medmamba import MedMambaConfig
 from .modeling_common import SSMPreTrainedMixin
-from .ss2d import SS2D
-from .vss_layers import DropPath, StageEncoderMixin, classifier_output, conv_fan_in, ss2d_from_config
+from .vss_layers import DropPath, StageEncoderMixin, classifier_output, init_vss_weights, ss2d_from_config
 
 
 class MedMambaConvBranch(nn.Sequential):
@@ -71,30 +69,9 @@ class MedMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     accepts_loss_kwargs = False
     _no_split_modules = ["MedMambaBlock"]
 
-    @torch.no_grad()
     def _init_weights(self, module):
-        """Upstream MedMamba: Linear trunc-normal(0.02) with zero bias, LayerNorm 1/0, SS2D's special init, and every
-        Conv2d re-initialised with kaiming-normal (fan_out, relu) while conv biases keep PyTorch's default."""
-        if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                bound = conv_fan_in(module) ** -0.5
-                init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, SS2D):
-            module.reset_ssm_parameters()
+        """Upstream MedMamba: as VMamba, but every Conv2d weight re-initialised with kaiming-normal (fan_out, relu)."""
+        init_vss_weights(module, self.config.initializer_range, kaiming_normal_convs=True)
 
 
 class MedMambaModel(StageEncoderMixin, MedMambaPreTrainedModel):

@@ -182,9 +182,11 @@ class StageEncoderMixin:
 
 
 @torch.no_grad()
-def init_vss_weights(module, initializer_range):
-    """Upstream VMamba / VM-UNet init: Linear trunc-normal with zero bias, LayerNorm 1/0, convolutions at PyTorch's
-    default (kaiming-uniform, a = sqrt(5)), SS2D's special init."""
+def init_vss_weights(module, initializer_range, kaiming_normal_convs=False):
+    """Upstream VMamba / VM-UNet / MedMamba init: Linear trunc-normal with zero bias, LayerNorm and BatchNorm 1/0
+    (fresh running statistics), SS2D's special init, and convolution weights at PyTorch's default (kaiming-uniform,
+    a = sqrt(5)) or, with ``kaiming_normal_convs`` (MedMamba's re-init of every Conv2d), kaiming-normal (fan_out,
+    relu). Convolution biases keep PyTorch's default in both cases."""
     if isinstance(module, nn.Linear):
         init.trunc_normal_(module.weight, std=initializer_range)
         if module.bias is not None:
@@ -193,10 +195,19 @@ def init_vss_weights(module, initializer_range):
         init.ones_(module.weight)
         init.zeros_(module.bias)
     elif isinstance(module, nn.Conv2d):
-        init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        if kaiming_normal_convs:
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
         if module.bias is not None:
             bound = conv_fan_in(module) ** -0.5
             init.uniform_(module.bias, -bound, bound)
+    elif isinstance(module, nn.BatchNorm2d):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+        init.zeros_(module.running_mean)
+        init.ones_(module.running_var)
+        init.zeros_(module.num_batches_tracked)
     elif isinstance(module, SS2D):
         module.reset_ssm_parameters()
 
