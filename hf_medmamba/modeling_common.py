@@ -7,6 +7,12 @@ from .ss2d import SS2D
 class SSMPreTrainedMixin:
     """Mixed into the ``*PreTrainedModel`` classes (before `transformers.PreTrainedModel`)."""
 
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    # forward() takes **kwargs for API compatibility, not loss kwargs: the Trainer must normalise the loss itself
+    accepts_loss_kwargs = False
+
     def set_scan_backend(self, backend):
         """Switch every SS2D of the model (and its config) to another scan backend (see `resolve_scan_backend`)."""
         if backend not in SCAN_BACKENDS:

@@ -62,11 +62,6 @@ class MedMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = MedMambaConfig
     config: MedMambaConfig
     base_model_prefix = "medmamba"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    # forward() takes **kwargs for API compatibility, not loss kwargs: the Trainer must normalise the loss itself
-    accepts_loss_kwargs = False
     _no_split_modules = ["MedMambaBlock"]
 
     def _init_weights(self, module):

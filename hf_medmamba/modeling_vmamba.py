@@ -17,11 +17,6 @@ class VMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = VMambaConfig
     config: VMambaConfig
     base_model_prefix = "vmamba"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    # forward() takes **kwargs for API compatibility, not loss kwargs: the Trainer must normalise the loss itself
-    accepts_loss_kwargs = False
     _no_split_modules = ["VSSBlock"]
 
     def _init_weights(self, module):

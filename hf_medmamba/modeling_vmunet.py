@@ -57,11 +57,6 @@ class VMUNetPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = VMUNetConfig
     config: VMUNetConfig
     base_model_prefix = "vmunet"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    # forward() takes **kwargs for API compatibility, not loss kwargs: the Trainer must normalise the loss itself
-    accepts_loss_kwargs = False
     _no_split_modules = ["VSSBlock"]
 
     def _init_weights(self, module):
