@@ -486,6 +486,30 @@ def json_safe(value):
     return value
 
 
+def train_and_evaluate(trainer, processor, eval_dataset, results):
+    """The scripts' common run: with ``--do_train`` train, save the model, its processor, the metrics and the trainer
+    state; with ``--do_eval`` predict on ``eval_dataset`` and save those metrics. Fills ``results["train"]`` and
+    ``results["eval"]``; returns the evaluation's `PredictionOutput` (None without ``--do_eval``)."""
+    args = trainer.args
+    if args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(args))
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(args.output_dir)
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        report_shards(trainer)
+        results["train"] = train_result.metrics
+    if not args.do_eval:
+        return None
+    prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    trainer.log_metrics("eval", prediction.metrics)
+    trainer.save_metrics("eval", prediction.metrics)
+    results["eval"] = prediction.metrics
+    return prediction
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Model card of a trained folder
 # ----------------------------------------------------------------------------------------------------------------------

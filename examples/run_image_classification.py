@@ -49,10 +49,9 @@ from example_utils import (
     make_trainer,
     parse_arguments,
     parse_json_argument,
-    report_shards,
-    resolve_checkpoint,
     setup_logging,
     to_uint8_array,
+    train_and_evaluate,
     train_eval_splits,
     with_example_index,
     write_model_card,
@@ -330,27 +329,12 @@ def main(argv=None, callbacks=None):
 
     sizes["num_parameters"] = model.num_parameters()
     results = {"output_dir": training_args.output_dir, "class_names": names, "trainer": trainer, **sizes}
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
-        trainer.save_model()
-        if trainer.is_world_process_zero():
-            processor.save_pretrained(training_args.output_dir)
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
-        report_shards(trainer)
-        results["train"] = train_result.metrics
-
-    if training_args.do_eval:
-        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
-        trainer.log_metrics("eval", prediction.metrics)
-        trainer.save_metrics("eval", prediction.metrics)
-        results["eval"] = prediction.metrics
-        if trainer.is_world_process_zero():
-            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-            report, png = write_report(training_args.output_dir, prediction.label_ids, logits, names)
-            results["eval_report"], results["confusion_matrix_png"] = report, str(png)
-            logger.info(f"Confusion matrix (rows true, columns predicted) {names}: {report['confusion_matrix']}")
+    prediction = train_and_evaluate(trainer, processor, eval_dataset, results)
+    if prediction is not None and trainer.is_world_process_zero():
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        report, png = write_report(training_args.output_dir, prediction.label_ids, logits, names)
+        results["eval_report"], results["confusion_matrix_png"] = report, str(png)
+        logger.info(f"Confusion matrix (rows true, columns predicted) {names}: {report['confusion_matrix']}")
 
     if training_args.do_train and trainer.is_world_process_zero():
         run = {"task": "image-classification", "eval_split": eval_split, **sizes}

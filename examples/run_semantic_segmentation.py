@@ -52,10 +52,9 @@ from example_utils import (
     mask_array,
     parse_arguments,
     parse_json_argument,
-    report_shards,
-    resolve_checkpoint,
     setup_logging,
     to_uint8_array,
+    train_and_evaluate,
     train_eval_splits,
     with_example_index,
     write_model_card,
@@ -457,39 +456,24 @@ def main(argv=None, callbacks=None):
 
     sizes["num_parameters"] = model.num_parameters()
     results = {"output_dir": training_args.output_dir, "id2label": id2label, "trainer": trainer, **sizes}
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
-        trainer.save_model()
-        if trainer.is_world_process_zero():
-            processor.save_pretrained(training_args.output_dir)
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
-        report_shards(trainer)
-        results["train"] = train_result.metrics
-
-    if training_args.do_eval:
-        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
-        trainer.log_metrics("eval", prediction.metrics)
-        trainer.save_metrics("eval", prediction.metrics)
-        results["eval"] = prediction.metrics
-        if trainer.is_world_process_zero():
-            output_dir = Path(training_args.output_dir)
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "eval_report.json").write_text(
-                json.dumps(json_safe({"id2label": id2label, **prediction.metrics}), indent=2)
+    prediction = train_and_evaluate(trainer, processor, eval_dataset, results)
+    if prediction is not None and trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "eval_report.json").write_text(
+            json.dumps(json_safe({"id2label": id2label, **prediction.metrics}), indent=2)
+        )
+        count = min(data_args.num_overlays, len(raw_eval))
+        if count > 0:
+            results["overlays"] = write_overlays(
+                output_dir / "overlays",
+                raw_eval.select(range(count)),
+                prediction.predictions[:count],
+                data_args.image_column_name,
+                mask_column,
+                id2label,
+                mask_mode,
             )
-            count = min(data_args.num_overlays, len(raw_eval))
-            if count > 0:
-                results["overlays"] = write_overlays(
-                    output_dir / "overlays",
-                    raw_eval.select(range(count)),
-                    prediction.predictions[:count],
-                    data_args.image_column_name,
-                    mask_column,
-                    id2label,
-                    mask_mode,
-                )
 
     if training_args.do_train and trainer.is_world_process_zero():
         run = {"task": "image-segmentation", "eval_split": eval_split, **sizes}
