@@ -21,11 +21,13 @@ from hf_medmamba.configuration_vmunet import VMUNET_PRESETS
 from hf_medmamba.convert import (
     add_label_arguments,
     add_output_arguments,
+    add_vmunet_processor_arguments,
     convert_vmamba,
     convert_vmamba_to_vmunet,
     output_options,
     resolve_id2label,
     run_cli,
+    vmunet_processor_options,
 )
 
 
@@ -48,9 +50,7 @@ def build_parser():
                 "--preset", default="vmunet-paper", choices=sorted(VMUNET_PRESETS), help="VM-UNet configuration"
             )
             sub.add_argument("--num-labels", type=int, help="number of classes, background included (default: preset)")
-            sub.add_argument("--normalization-mode", choices=("isic", "standard"), help="processor normalisation")
-            sub.add_argument("--mask-mode", choices=("binary", "index"), help="processor mask mode")
-            sub.add_argument("--image-size", type=int, help="processor resize target (default 256 binary, 224 else)")
+            add_vmunet_processor_arguments(sub)
         add_output_arguments(sub)
     return parser
 
@@ -69,9 +69,7 @@ def main(argv=None):
             id2label=id2label,
             num_labels=args.num_labels,
             ema=args.ema,
-            normalization_mode=args.normalization_mode,
-            mask_mode=args.mask_mode,
-            image_size=args.image_size,
+            **vmunet_processor_options(args),
             **options,
         )
     print(result.summary())

@@ -16,10 +16,12 @@ import sys
 from hf_medmamba.convert import (
     add_label_arguments,
     add_output_arguments,
+    add_vmunet_processor_arguments,
     convert_vmunet,
     output_options,
     resolve_id2label,
     run_cli,
+    vmunet_processor_options,
 )
 
 
@@ -31,9 +33,7 @@ def build_parser():
     parser.add_argument("output_dir", help="folder to write (must not exist unless --overwrite)")
     add_label_arguments(parser)
     parser.add_argument("--num-channels", type=int, choices=(1, 3), help="input channels (default: 1 for 9 classes)")
-    parser.add_argument("--normalization-mode", choices=("isic", "standard"), help="processor normalisation")
-    parser.add_argument("--mask-mode", choices=("binary", "index"), help="processor mask mode")
-    parser.add_argument("--image-size", type=int, help="processor resize target (default 256 binary, 224 otherwise)")
+    add_vmunet_processor_arguments(parser)
     add_output_arguments(parser)
     return parser
 
@@ -46,9 +46,7 @@ def main(argv=None):
         args.output_dir,
         id2label=id2label,
         num_channels=args.num_channels,
-        normalization_mode=args.normalization_mode,
-        mask_mode=args.mask_mode,
-        image_size=args.image_size,
+        **vmunet_processor_options(args),
         **output_options(args),
     )
     print(result.summary())

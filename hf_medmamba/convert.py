@@ -1207,6 +1207,18 @@ def add_label_arguments(parser):
     labels.add_argument("--imagefolder", help="image-folder dataset directory: class names = sorted sub-folder names")
 
 
+def add_vmunet_processor_arguments(parser):
+    """The VM-UNet image-processor overrides (the defaults follow the head: ISIC for binary, Synapse otherwise)."""
+    parser.add_argument("--normalization-mode", choices=("isic", "standard"), help="processor normalisation")
+    parser.add_argument("--mask-mode", choices=("binary", "index"), help="processor mask mode")
+    parser.add_argument("--image-size", type=int, help="processor resize target (default 256 binary, 224 otherwise)")
+
+
+def vmunet_processor_options(args):
+    """Keyword arguments of the VM-UNet convert functions from `add_vmunet_processor_arguments`."""
+    return {"normalization_mode": args.normalization_mode, "mask_mode": args.mask_mode, "image_size": args.image_size}
+
+
 def output_options(args):
     """Keyword arguments of the convert_* functions from the parsed shared arguments."""
     card = {
