@@ -542,10 +542,10 @@ def write_model_card(trainer, model_args, data_args, run, eval_metrics=None):
     `hf_medmamba.model_card`, whose model-index holds this run's final evaluation. ``run`` holds the ``task``, the
     ``eval_split`` name and the ``num_train_examples`` / ``num_eval_examples``. Other architectures (ConvNeXt,
     SegFormer) get no card here. Returns the card's path, or None."""
-    from hf_medmamba.model_card import card_for_folder
+    from hf_medmamba.model_card import build_model_card
 
-    args, state = trainer.args, trainer.state
-    if trainer.model.config.model_type not in ("medmamba", "vmamba", "vmunet"):
+    args, state, config = trainer.args, trainer.state, trainer.model.config
+    if config.model_type not in ("medmamba", "vmamba", "vmunet"):
         return None
     if data_args.dataset_name:
         dataset_type, dataset_name = data_args.dataset_name, data_args.dataset_name
@@ -581,6 +581,13 @@ def write_model_card(trainer, model_args, data_args, run, eval_metrics=None):
         "The data's own licence applies (for the bundled BUSI copies, see examples/data/README.md).",
     ]
     path = Path(args.output_dir) / "README.md"
-    card = card_for_folder(args.output_dir, eval_results=results or None, training_data=training_data, license=license)
-    card.save(path)
+    build_model_card(
+        config,
+        trainer.processing_class,
+        model_name=path.parent.name,
+        status="trained",
+        eval_results=results or None,
+        training_data=training_data,
+        license=license,
+    ).save(path)
     return str(path)
