@@ -1,6 +1,7 @@
 """The fused CPU kernel: equal to the reference (values and gradients), its fallbacks, and its build cache."""
 
 import logging
+import platform
 
 import pytest
 import torch
@@ -59,6 +60,48 @@ def test_kernel_gradients_equal_float64_reference(kernel_scan, shape, opts):
         grads.append(torch.autograd.grad(loss, [leaves[k] for k in names]))
     for name, g_ref, g_kernel in zip(names, *grads):
         assert rel_err(g_kernel, g_ref) <= 1e-5, name
+
+
+# The kernel's vector width follows the instruction set it is compiled for; the default build uses the widest this
+# machine has (-march=native). These builds exercise the narrower code paths (no AVX-512 exp, 8- and 4-lane sums).
+NARROW_BUILDS = {
+    "avx2": (["-O3", "-mavx2", "-mfma", "-fopenmp", "-fno-math-errno"], 8),
+    "x86-64 baseline": (["-O3", "-fopenmp", "-fno-math-errno"], 4),
+}
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the narrow builds use x86 compiler flags")
+@pytest.mark.parametrize("build", NARROW_BUILDS.values(), ids=NARROW_BUILDS.keys())
+def test_narrower_vector_builds_equal_float64_reference(monkeypatch, tmp_path, build):
+    flags, width = build
+    monkeypatch.setenv("HF_MEDMAMBA_CACHE", str(tmp_path))
+    kernel = cpu_scan._Kernel(cpu_scan.build(flag_sets=[flags]))
+    assert kernel.width == width
+    scan = cpu_scan.make_scan(kernel)
+    cases = (((2, 8, 130, 16, 4), OPTIONS[-1]), ((1, 12, 97, 5, 3), OPTIONS[0]), ((2, 6, 64, 40, 3), OPTIONS[-1]))
+    names = ["u", "delta", "A", "B", "C"]
+    for shape, opts in cases:
+        inp = make_inputs(*shape, dtype=torch.float64, dt_scale=3.0)
+        results = []
+        for fn, dtype in ((ss.selective_scan_reference, torch.float64), (scan, torch.float32)):
+            leaves = {k: v.to(dtype).requires_grad_() for k, v in inp.items()}
+            y = call(fn, leaves, opts)
+            weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+            grads = torch.autograd.grad((y * weight).sum(), [leaves[k] for k in names])
+            results.append((y, grads))
+        (y_ref, g_ref), (y, g) = results
+        assert rel_err(y, y_ref) <= 1e-5, shape
+        for name, a, b in zip(names, g, g_ref):
+            assert rel_err(a, b) <= 1e-5, (shape, name)
+    # SS2D's in-place four-direction walk on a 5 x 7 grid, against the reference on reordered copies.
+    gen = torch.Generator().manual_seed(2)
+    b, E, n, L = 2, 8, 16, 35
+    u, delta = torch.randn(b, E, L, generator=gen), torch.randn(b, 4 * E, L, generator=gen)
+    A = -torch.exp(torch.randn(4 * E, n, generator=gen))
+    B, C = torch.randn(b, 4, n, L, generator=gen), torch.randn(b, 4, n, L, generator=gen)
+    D, bias = torch.randn(4 * E, generator=gen), torch.randn(4 * E, generator=gen)
+    expected = ss.cross_selective_scan(u, delta, A, B, C, D, bias, 5, 7, backend="reference")
+    assert rel_err(scan.cross_scan(u, delta, A, B, C, D, bias, 5, 7), expected) <= 1e-5
 
 
 def test_auto_uses_the_kernel_on_cpu(kernel_scan):

@@ -3,7 +3,9 @@
 // One pass per (batch, channel) sequence with the state in vector registers (the state dimension n is the vector
 // lane), parallel over (batch, channel) pairs with OpenMP. The step size (bias + softplus), the D * u skip and exp()
 // are computed inside: exp() is a branch-free polynomial on GCC/Clang vector extensions, sized to the widest vectors
-// the target has (16 floats with AVX-512, 8 with AVX/AVX2, 4 otherwise). Plain C ABI, loaded with ctypes.
+// the target has (16 floats with AVX-512, 8 with AVX/AVX2, 4 otherwise). The work is cut into tiles of 64 steps; the
+// lane sums of a tile (the read-outs <h_t, C_t> and their gradients) are taken W steps at a time after its
+// recurrence, off the critical path. Plain C ABI, loaded with ctypes.
 //
 // Two layouts share the code. Plain scans (mamba-ssm's selective_scan_fn semantics) store every sequence in step
 // order. SS2D scans store everything at pixel positions of an H x W grid and walk it in the four directions
@@ -24,7 +26,11 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -72,30 +78,77 @@ inline float hsum_n(typename Vec<N>::type v) {
 
 inline float hsum(V v) { return hsum_n<W>(v); }
 
-// exp(x), x clamped to [-87, 88]: 2^k * p(r) with k = round(x / ln 2), r = x - k ln 2 (ln 2 in two parts) and p the
-// degree-7 Taylor polynomial of exp on |r| <= ln(2) / 2 (truncation error 5e-9, below float rounding). Below -87 the
-// true result is a subnormal (< 1.2e-38), which the scan cannot tell from the clamped value. The upper clamp can be
-// left out (kHigh = false) where x <= 0 is known: dt >= 0 after softplus and A <= 0.
-template <bool kHigh = true>
-inline V vexp(V x) {
-  x = x > -87.0f ? x : splat(-87.0f);
-  if constexpr (kHigh) x = x < 88.0f ? x : splat(88.0f);
-  const V k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // adding 1.5 * 2^23 rounds to an integer
-  V r = x - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  V p = splat(1.0f / 5040.0f);
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const VI bits = (__builtin_convertvector(k, VI) + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &bits, sizeof(V));
-  return p * scale;
+// The lane sums of W vectors at once (out[i] = hsum(v[i])), overwriting v. Each round adds the two halves of every
+// lane group and packs two vectors into one: W - 1 vector adds for the W sums instead of W * log2(W).
+// __builtin_shufflevector needs Clang or GCC 12; older GCC sums vector by vector.
+#if defined(__clang__) || __GNUC__ >= 12
+template <int S, int... I>
+inline V fold(V a, V b, std::integer_sequence<int, I...>) {
+  // Output lane o sums the halves of lane group (o mod W/2) / S of a (o < W/2) or of b.
+  constexpr auto low = [](int o) { return (o >= W / 2 ? W : 0) + (o % (W / 2)) / S * 2 * S + o % S; };
+  return __builtin_shufflevector(a, b, low(I)...) + __builtin_shufflevector(a, b, (low(I) + S)...);
 }
+
+template <int S>
+inline void fold_pairs(V* v, int count) {
+  for (int i = 0; i < count / 2; ++i) v[i] = fold<S>(v[2 * i], v[2 * i + 1], std::make_integer_sequence<int, W>{});
+  if constexpr (S > 1) fold_pairs<S / 2>(v, count / 2);
+}
+
+inline V hsums(V* v) {
+  fold_pairs<W / 2>(v, W);
+  return v[0];
+}
+#else
+inline V hsums(V* v) {
+  V out;
+  for (int i = 0; i < W; ++i) out[i] = hsum(v[i]);
+  return out;
+}
+#endif
+
+// 2^x = 2^k * p(r) with k = round(x), r = x - k in [-1/2, 1/2] and p a degree-6 polynomial fitted (here, by
+// iteratively reweighted least squares) to 2^r for least maximum relative error: 1.6e-8 with float32 coefficients,
+// below float rounding. x is clamped below at -125, where the true result (under 2.4e-38) is indistinguishable for the
+// scan. With AVX-512, vscalefps multiplies by 2^k (and overflows to inf like exp). Elsewhere adding 1.5 * 2^23 rounds
+// x to an integer that then sits in the low mantissa bits of the sum, and shifting those bits into the exponent field
+// scales p with two integer operations; that needs the upper clamp at 127 unless x <= 0 is known (kHigh = false:
+// dt >= 0 after softplus and A <= 0).
+inline V exp2_fraction(V r) {
+  V p = splat(1.53458124e-4f);
+  p = p * r + 1.33999321e-3f;
+  p = p * r + 9.61848907e-3f;
+  p = p * r + 5.55032864e-2f;
+  p = p * r + 2.40226462e-1f;
+  p = p * r + 6.93147182e-1f;
+  return p * r + 1.0f;
+}
+
+template <typename To, typename From>
+inline To bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From));
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
+}
+
+template <bool kHigh = true>
+inline V vexp2(V x) {
+#if defined(__AVX512F__)
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-125.0f), bit_cast<__m512>(x));  // keeps NaN
+  const __m512 k = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const V p = exp2_fraction(bit_cast<V>(_mm512_sub_ps(v, k)));
+  return bit_cast<V>(_mm512_scalef_ps(bit_cast<__m512>(p), k));
+#else
+  x = x > -125.0f ? x : splat(-125.0f);
+  if constexpr (kHigh) x = x < 127.0f ? x : splat(127.0f);
+  const V shifted = x + 12582912.0f;
+  const V p = exp2_fraction(x - (shifted - 12582912.0f));
+  return bit_cast<V>(bit_cast<VI>(p) + (bit_cast<VI>(shifted) << 23));
+#endif
+}
+
+constexpr float kLog2e = 1.44269504088896341f;
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)) (x itself above the threshold) and, with kGrad, its derivative
 // sigmoid(x). log1p(e) = 2 atanh(e / (2 + e)), a series in s = e / (2 + e) <= 1/3 that converges to float precision
@@ -103,7 +156,7 @@ inline V vexp(V x) {
 template <bool kGrad>
 inline void softplus(V x, V& value, V& slope) {
   const V ax = x < 0.0f ? -x : x;
-  const V e = vexp(-ax);
+  const V e = vexp2(ax * -kLog2e);
   const V s = e / (e + 2.0f);
   const V s2 = s * s;
   V series = splat(1.0f / 15.0f);
@@ -183,12 +236,30 @@ inline int task_channels(const Problem& p, int64_t lane, int64_t* channels) {
   return 4;
 }
 
+// pos[i], hidden from the optimiser so that loops reading or writing at the positions of a walk stay scalar:
+// compilers otherwise turn them into AVX-512 gathers and scatters, several times slower than scalar loads and stores
+// on current x86 processors (they took about a quarter of the forward's time).
+inline int64_t at(const int64_t* pos, int64_t i) {
+  int64_t p = pos[i];
+  asm("" : "+r"(p));
+  return p;
+}
+
+// Asks for a channel's whole sequence to be brought into cache, in the order the scan will read it (backwards for the
+// backward pass): the scan visits it in short tiles, which hardware prefetchers follow poorly.
+template <bool kBackward, bool kWrite = false>
+inline void prefetch(const float* x, int64_t L) {
+  constexpr int64_t line = 64 / sizeof(float);
+  for (int64_t i = 0; i < L; i += line) __builtin_prefetch(x + (kBackward ? L - 1 - i : i), kWrite ? 1 : 0);
+}
+
 // Step sizes (bias, softplus) for the tile's steps and, with kGrad, their derivative w.r.t. delta.
 template <bool kGrad>
 inline void step_sizes(const Problem& p, const float* delta, float bias, const int64_t* pos, int64_t len, float* dt,
                        float* slope) {
   alignas(64) float x[kSegment];
-  for (int64_t i = 0; i < kSegment; ++i) x[i] = i < len ? delta[pos[i]] + bias : 0.0f;
+  for (int64_t i = 0; i < len; ++i) x[i] = delta[at(pos, i)] + bias;
+  for (int64_t i = len; i < kSegment; ++i) x[i] = 0.0f;
   for (int64_t i = 0; i < kSegment; i += W) {
     V value = load(x + i), grad = splat(1.0f);
     if (p.softplus) softplus<kGrad>(value, value, grad);
@@ -212,12 +283,15 @@ void forward_sequence(const Problem& p, int64_t bi, int64_t c, bool accumulate, 
   const float Dc = p.D ? p.D[c] : 0.0f;
   const float bias = p.bias ? p.bias[c] : 0.0f;
   float* ck = checkpoints ? checkpoints + (bi * p.d + c) * p.segments() * n : nullptr;
-  V Ac[NV], h[NV];
+  prefetch<false>(u, p.L);
+  prefetch<false>(delta, p.L);
+  V A2[NV], h[NV];  // A / ln 2: exp(dt A) = 2^(dt A2)
   for (int j = 0; j < NV; ++j) {
-    Ac[j] = load(p.A + c * n + j * W);
+    A2[j] = load(p.A + c * n + j * W) * kLog2e;
     h[j] = splat(0.0f);
   }
   alignas(64) float dt[kSegment], y_tile[kSegment];
+  V products[kSegment];  // h_t * C_t, summed over lanes W steps at a time
   int64_t pos[kSegment];
   for (int64_t t0 = 0; t0 < p.L; t0 += kSegment) {
     const int64_t len = p.L - t0 < kSegment ? p.L - t0 : kSegment;
@@ -227,18 +301,23 @@ void forward_sequence(const Problem& p, int64_t bi, int64_t c, bool accumulate, 
       for (int j = 0; j < NV; ++j) store(ck + (t0 / kSegment) * n + j * W, h[j]);
     }
     for (int64_t i = 0; i < len; ++i) {
-      const float ut = u[pos[i]];
-      const float drive = dt[i] * ut;
+      const float drive = dt[i] * u[pos[i]];
       const float* Bt = Bs + pos[i] * p.bc_stride;
       const float* Ct = Cs + pos[i] * p.bc_stride;
-      V acc = splat(0.0f);
+      V sum = splat(0.0f);
       for (int j = 0; j < NV; ++j) {
-        h[j] = vexp<kHigh>(Ac[j] * dt[i]) * h[j] + load(Bt + j * W) * drive;
-        acc = acc + h[j] * load(Ct + j * W);
+        h[j] = vexp2<kHigh>(A2[j] * dt[i]) * h[j] + load(Bt + j * W) * drive;
+        sum = sum + h[j] * load(Ct + j * W);
       }
-      y_tile[i] = hsum(acc) + Dc * ut;
+      products[i] = sum;
     }
-    for (int64_t i = 0; i < len; ++i) out[pos[i]] = accumulate ? out[pos[i]] + y_tile[i] : y_tile[i];
+    for (int64_t i = len; i < kSegment; ++i) products[i] = splat(0.0f);
+    for (int64_t i = 0; i < len; i += W) store(y_tile + i, hsums(products + i));
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t t = at(pos, i);
+      const float value = y_tile[i] + Dc * u[t];
+      out[t] = accumulate ? out[t] + value : value;
+    }
   }
   if (last) {
     for (int j = 0; j < NV; ++j) store(last + (bi * p.d + c) * n + j * W, h[j]);
@@ -266,15 +345,22 @@ void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c,
   const float Dc = p.D ? p.D[c] : 0.0f;
   const float bias = p.bias ? p.bias[c] : 0.0f;
   const float* ck = gr.checkpoints + (bi * p.d + c) * p.segments() * n;
-  V Ac[NV], r[NV], dA[NV];
+  prefetch<true>(u, p.L);
+  prefetch<true>(delta, p.L);
+  prefetch<true>(dy, p.L);
+  prefetch<true, true>(du, p.L);
+  prefetch<true, true>(ddelta, p.L);
+  V Ac[NV], A2[NV], r[NV], dA[NV];
   for (int j = 0; j < NV; ++j) {
     Ac[j] = load(p.A + c * n + j * W);
+    A2[j] = Ac[j] * kLog2e;
     r[j] = gr.dlast ? load(gr.dlast + (bi * p.d + c) * n + j * W) : splat(0.0f);  // adjoint from step t + 1
     dA[j] = splat(0.0f);
   }
   V states[kSegment + 1][NV];  // states[0]: before the segment; states[1 + i]: after its step i
   V decays[kSegment][NV];
-  alignas(64) float dt[kSegment], slope[kSegment];
+  V ddrives[kSegment], dsteps[kSegment];  // per step, summed over lanes W steps at a time
+  alignas(64) float dt[kSegment], slope[kSegment], ddrive_sum[kSegment], dstep_sum[kSegment];
   int64_t pos[kSegment];
   float dD = 0.0f, dbias = 0.0f;
   for (int64_t seg = p.segments() - 1; seg >= 0; --seg) {
@@ -287,33 +373,41 @@ void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c,
       const float drive = dt[i] * u[pos[i]];
       const float* Bt = p.B + bc + pos[i] * p.bc_stride;
       for (int j = 0; j < NV; ++j) {
-        decays[i][j] = vexp<kHigh>(Ac[j] * dt[i]);
+        decays[i][j] = vexp2<kHigh>(A2[j] * dt[i]);
         states[i + 1][j] = decays[i][j] * states[i][j] + load(Bt + j * W) * drive;
       }
     }
     for (int64_t i = len - 1; i >= 0; --i) {
-      const int64_t at = bc + pos[i] * p.bc_stride;
-      const float ut = u[pos[i]];
-      const float drive = dt[i] * ut;
+      const int64_t row = bc + pos[i] * p.bc_stride;
+      const float drive = dt[i] * u[pos[i]];
       const float gy = dy[pos[i]];
       V ddrive = splat(0.0f), dstep = splat(0.0f);
       for (int j = 0; j < NV; ++j) {
         const int64_t o = j * W;
-        const V g = r[j] + load(p.C + at + o) * gy;  // dL/dh_t
-        store(dC_part + at + o, load(dC_part + at + o) + states[i + 1][j] * gy);
-        store(dB_part + at + o, load(dB_part + at + o) + g * drive);
-        ddrive = ddrive + g * load(p.B + at + o);
+        const V g = r[j] + load(p.C + row + o) * gy;  // dL/dh_t
+        store(dC_part + row + o, load(dC_part + row + o) + states[i + 1][j] * gy);
+        store(dB_part + row + o, load(dB_part + row + o) + g * drive);
+        ddrive = ddrive + g * load(p.B + row + o);
         const V w = g * decays[i][j] * states[i][j];  // through exp(dt A) h_{t-1}
         dstep = dstep + w * Ac[j];
         dA[j] = dA[j] + w * dt[i];
         r[j] = decays[i][j] * g;
       }
-      const float ddrive_s = hsum(ddrive);
-      const float ddelta_t = (ddrive_s * ut + hsum(dstep)) * slope[i];
-      const float du_t = ddrive_s * dt[i] + gy * Dc;
-      du[pos[i]] = accumulate ? du[pos[i]] + du_t : du_t;
-      ddelta[pos[i]] = ddelta_t;
-      dD += gy * ut;
+      ddrives[i] = ddrive;
+      dsteps[i] = dstep;
+    }
+    for (int64_t i = len; i < kSegment; ++i) ddrives[i] = dsteps[i] = splat(0.0f);
+    for (int64_t i = 0; i < len; i += W) {
+      store(ddrive_sum + i, hsums(ddrives + i));
+      store(dstep_sum + i, hsums(dsteps + i));
+    }
+    for (int64_t i = len - 1; i >= 0; --i) {
+      const int64_t t = at(pos, i);
+      const float ddelta_t = (ddrive_sum[i] * u[t] + dstep_sum[i]) * slope[i];
+      const float du_t = ddrive_sum[i] * dt[i] + dy[t] * Dc;
+      du[t] = accumulate ? du[t] + du_t : du_t;
+      ddelta[t] = ddelta_t;
+      dD += dy[t] * u[t];
       dbias += ddelta_t;
     }
   }
