@@ -416,9 +416,11 @@ void backward_sequence(const Problem& p, const Grads& gr, int64_t bi, int64_t c,
   gr.dbias_part[bi * p.d + c] = dbias;
 }
 
+// Forward tasks write disjoint outputs, so they can be handed out dynamically (cores of a shared machine run at uneven
+// speeds); the backward keeps a static schedule because its per-thread dB/dC partials must be the same on every call.
 template <int NV, bool kHigh>
 void forward_all(const Problem& p, float* y, float* last, float* checkpoints, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int64_t task = 0; task < p.b * p.lanes; ++task) {
     int64_t channels[4];
     const int count = task_channels(p, task % p.lanes, channels);
