@@ -2,6 +2,7 @@
 
 import logging
 import platform
+from functools import partial
 
 import pytest
 import torch
@@ -28,10 +29,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("opts", OPTIONS)
-@pytest.mark.parametrize("dt_scale", [1.0, 12.0])  # 12: softplus past its threshold of 20 and exp underflow
-def test_kernel_equals_float64_reference(kernel_scan, shape, opts, dt_scale):
+def assert_equals_float64_reference(kernel_scan, shape, opts, dt_scale):
     inp64 = make_inputs(*shape, dtype=torch.float64, dt_scale=dt_scale)
     exact, exact_last = call(ss.selective_scan_reference, inp64, opts, return_last_state=True)
     y, last = call(kernel_scan, {k: v.float() for k, v in inp64.items()}, opts, return_last_state=True)
@@ -41,9 +39,14 @@ def test_kernel_equals_float64_reference(kernel_scan, shape, opts, dt_scale):
     assert rel_err(last, exact_last) <= 1e-5
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 130, 16, 4), (1, 12, 97, 5, 3)])
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("opts", OPTIONS)
-def test_kernel_gradients_equal_float64_reference(kernel_scan, shape, opts):
+@pytest.mark.parametrize("dt_scale", [1.0, 12.0])  # 12: softplus past its threshold of 20 and exp underflow
+def test_kernel_equals_float64_reference(kernel_scan, shape, opts, dt_scale):
+    assert_equals_float64_reference(kernel_scan, shape, opts, dt_scale)
+
+
+def assert_gradients_equal_float64_reference(kernel_scan, shape, opts):
     inp = make_inputs(*shape, dt_scale=3.0)
     names = [
         k
@@ -62,6 +65,12 @@ def test_kernel_gradients_equal_float64_reference(kernel_scan, shape, opts):
         assert rel_err(g_kernel, g_ref) <= 1e-5, name
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 130, 16, 4), (1, 12, 97, 5, 3)])
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_kernel_gradients_equal_float64_reference(kernel_scan, shape, opts):
+    assert_gradients_equal_float64_reference(kernel_scan, shape, opts)
+
+
 # The kernel's vector width follows the instruction set it is compiled for; the default build uses the widest this
 # machine has (-march=native). These builds exercise the narrower code paths (no AVX-512 exp, 8- and 4-lane sums).
 NARROW_BUILDS = {
@@ -78,30 +87,11 @@ def test_narrower_vector_builds_equal_float64_reference(monkeypatch, tmp_path, b
     kernel = cpu_scan._Kernel(cpu_scan.build(flag_sets=[flags]))
     assert kernel.width == width
     scan = cpu_scan.make_scan(kernel)
-    cases = (((2, 8, 130, 16, 4), OPTIONS[-1]), ((1, 12, 97, 5, 3), OPTIONS[0]), ((2, 6, 64, 40, 3), OPTIONS[-1]))
-    names = ["u", "delta", "A", "B", "C"]
-    for shape, opts in cases:
-        inp = make_inputs(*shape, dtype=torch.float64, dt_scale=3.0)
-        results = []
-        for fn, dtype in ((ss.selective_scan_reference, torch.float64), (scan, torch.float32)):
-            leaves = {k: v.to(dtype).requires_grad_() for k, v in inp.items()}
-            y = call(fn, leaves, opts)
-            weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-            grads = torch.autograd.grad((y * weight).sum(), [leaves[k] for k in names])
-            results.append((y, grads))
-        (y_ref, g_ref), (y, g) = results
-        assert rel_err(y, y_ref) <= 1e-5, shape
-        for name, a, b in zip(names, g, g_ref):
-            assert rel_err(a, b) <= 1e-5, (shape, name)
-    # SS2D's in-place four-direction walk on a 5 x 7 grid, against the reference on reordered copies.
-    gen = torch.Generator().manual_seed(2)
-    b, E, n, L = 2, 8, 16, 35
-    u, delta = torch.randn(b, E, L, generator=gen), torch.randn(b, 4 * E, L, generator=gen)
-    A = -torch.exp(torch.randn(4 * E, n, generator=gen))
-    B, C = torch.randn(b, 4, n, L, generator=gen), torch.randn(b, 4, n, L, generator=gen)
-    D, bias = torch.randn(4 * E, generator=gen), torch.randn(4 * E, generator=gen)
-    expected = ss.cross_selective_scan(u, delta, A, B, C, D, bias, 5, 7, backend="reference")
-    assert rel_err(scan.cross_scan(u, delta, A, B, C, D, bias, 5, 7), expected) <= 1e-5
+    for shape in ((2, 8, 130, 16, 4), (1, 12, 97, 5, 3), (2, 6, 64, 40, 3)):
+        for opts in (OPTIONS[0], OPTIONS[-1]):
+            assert_equals_float64_reference(scan, shape, opts, dt_scale=3.0)
+            assert_gradients_equal_float64_reference(scan, shape, opts)
+    assert_cross_scan_equals_reordered_reference(scan.cross_scan, 5, 7)
 
 
 def test_auto_uses_the_kernel_on_cpu(kernel_scan):
@@ -187,9 +177,8 @@ def test_backward_is_repeatable_with_expanded_gradients(kernel_scan, cross):
             assert torch.equal(first, again)
 
 
-@pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (16, 3), (9, 9)])
-def test_cross_scan_kernel_equals_reordered_reference(kernel_scan, height, width):
-    """The kernel's in-place four-direction walk equals scanning explicitly reordered copies (values and grads)."""
+def assert_cross_scan_equals_reordered_reference(cross_scan, height, width):
+    """``cross_scan(u, delta, A, B, C, D, delta_bias, height, width)`` equals the reference on reordered copies."""
     gen = torch.Generator().manual_seed(1)
     b, E, n = 2, 8, 16
     L = height * width
@@ -203,12 +192,18 @@ def test_cross_scan_kernel_equals_reordered_reference(kernel_scan, height, width
         torch.randn(4 * E, generator=gen),
     ]
     results = []
-    for backend in ("reference", "cpu_kernel"):
+    for fn in (partial(ss.cross_selective_scan, backend="reference"), cross_scan):
         leaves = [t.clone().requires_grad_() for t in inputs]
-        y = ss.cross_selective_scan(*leaves, height, width, backend=backend)
+        y = fn(*leaves, height, width)
         weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
         results.append((y, torch.autograd.grad((y * weight).sum(), leaves)))
     (y_ref, g_ref), (y_k, g_k) = results
     assert rel_err(y_k, y_ref) <= 1e-5
     for name, a, b_ in zip(["u", "delta", "A", "B", "C", "D", "delta_bias"], g_k, g_ref):
         assert rel_err(a, b_) <= 1e-5, name
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (16, 3), (9, 9)])
+def test_cross_scan_kernel_equals_reordered_reference(kernel_scan, height, width):
+    """The kernel's in-place four-direction walk equals scanning explicitly reordered copies (values and grads)."""
+    assert_cross_scan_equals_reordered_reference(partial(ss.cross_selective_scan, backend="cpu_kernel"), height, width)
