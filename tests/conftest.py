@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -13,15 +14,56 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATA = REPO / "examples" / "data"  # the bundled datasets (see examples/data/README.md)
+FIXTURES = REPO / "tests" / "fixtures"  # upstream reference cases and key lists (see tests/fixtures/README.md)
+SHARED = Path(os.environ.get("HF_MEDMAMBA_SHARED", REPO.parent / "shared"))
+
+# Upstream reference cases: the two micro cases ship in tests/fixtures; the larger ones stay in ../shared.
+SHIPPED_CASES = ("medmamba_micro", "vmunet_micro")
+
+
+def data_path(*parts):
+    """A file of the bundled datasets in examples/data (part of the repository: missing means a broken checkout)."""
+    path = DATA.joinpath(*parts)
+    assert path.exists(), f"{path} is missing from the checkout"
+    return path
+
+
+def key_list(name):
+    """An upstream state-dict key list shipped in tests/fixtures/upstream/keys: {key: (shape, dtype name)}."""
+    entries = {}
+    for line in (FIXTURES / "upstream" / "keys" / name).read_text().splitlines():
+        if not line.startswith("#"):
+            key, shape, dtype = line.split("\t")
+            entries[key] = (tuple(int(s) for s in shape.strip("(),").split(",") if s.strip()), dtype)
+    return entries
 
 
 def shared_path(*parts):
-    """A path under ../shared (CI has it beside the checkout); fail loudly rather than skip when it is missing."""
+    """A path under ../shared, for tests marked ``shared`` only (opt-in: ``python -m pytest -m shared``).
+
+    Skips with the missing folder named when it is absent: a clone of this repository alone has no ../shared."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"{path} is missing: the tests read ../shared beside the checkout (see README, 'Tests').")
+        pytest.skip(f"{path} is missing: this opt-in test reads ../shared beside the checkout (or $HF_MEDMAMBA_SHARED)")
     return path
+
+
+def upstream_case(name):
+    """Folder of an upstream reference case (state_dict.pth, input.pt, output.pt, intermediates.pt, meta.json)."""
+    if name in SHIPPED_CASES:
+        return FIXTURES / "upstream" / name
+    return shared_path("spec", "reference", name)
+
+
+def upstream_case_kwargs(root):
+    """The upstream constructor arguments of a reference case (from its meta.json)."""
+    return json.loads((root / "meta.json").read_text())["kwargs"]
+
+
+# Cases of the upstream-parity tests: the shipped micro case always, the tiny case from ../shared with -m shared.
+MEDMAMBA_CASES = ["medmamba_micro", pytest.param("medmamba_tiny", marks=pytest.mark.shared)]
+VMUNET_CASES = ["vmunet_micro", pytest.param("vmunet_tiny", marks=pytest.mark.shared)]
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +88,7 @@ def busi_cls_images(split="train", per_class=2):
     """A few real BUSI ultrasound images per class (PIL, gray) with their class index, in class order."""
     import PIL.Image
 
-    root = shared_path("data", "busi_cls", split)
+    root = data_path("busi_cls", split)
     images, labels = [], []
     for index, name in enumerate(sorted(p.name for p in root.iterdir())):
         for path in sorted((root / name).glob("*.png"))[:per_class]:

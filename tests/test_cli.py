@@ -26,7 +26,7 @@ from hf_medmamba import (
 )
 from hf_medmamba.configuration_vmunet import SYNAPSE_LABELS
 
-from .conftest import shared_path
+from .conftest import data_path
 
 
 CLASSES = {0: "benign", 1: "malignant", 2: "normal"}
@@ -121,7 +121,7 @@ def test_console_script_and_module_run(monkeypatch, capsys):
 
 
 def test_classification_files_folder_and_glob(models, tmp_path):
-    busi = shared_path("data", "busi_cls", "test")
+    busi = data_path("busi_cls", "test")
     files = [busi / "benign" / "benign_0003.png", busi / "normal" / "normal_0027.png"]
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_classification_of_multiframe_dicom_and_top_k(models, tmp_path):
 
 
 def test_binary_segmentation_masks_and_overlays(models, tmp_path):
-    images = shared_path("data", "busi_seg", "test", "images")
+    images = data_path("busi_seg", "test", "images")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("benign_0017.png", "malignant_0005.png"):
@@ -218,7 +218,7 @@ def test_binary_segmentation_masks_and_overlays(models, tmp_path):
 
 def test_multiclass_segmentation_of_a_ct_volume(models, tmp_path):
     nibabel = pytest.importorskip("nibabel")
-    ct = shared_path("data", "ct_abdomen_organs", "nifti", "ct.nii.gz")
+    ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
     out = tmp_path / "out"
     args = ["predict", str(models["multi"]), str(ct), "--window", "-125", "275", "-o", str(out), "-q"]
     assert cli.main([*args, "--batch-size", "16"]) == 0
@@ -285,7 +285,7 @@ def test_dicom_segmentation_with_rescale(models, tmp_path):
 
 
 def test_corrupt_files_are_skipped_and_reported(models, tmp_path, capsys):
-    images = shared_path("data", "busi_seg", "test", "images")
+    images = data_path("busi_seg", "test", "images")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("benign_0017.png", "benign_0032.png"):
@@ -312,7 +312,7 @@ def test_corrupt_files_are_skipped_and_reported(models, tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_no_outputs(models, tmp_path, monkeypatch):
-    image = shared_path("data", "busi_seg", "test", "images", "benign_0017.png")
+    image = data_path("busi_seg", "test", "images", "benign_0017.png")
     out = tmp_path / "out"
     out.mkdir()
     (out / "summary.json").write_text("{}")  # from an earlier run: must not survive as if this run had finished
@@ -326,7 +326,7 @@ def test_interrupted_run_leaves_no_outputs(models, tmp_path, monkeypatch):
 
 
 def test_command_errors(models, tmp_path, monkeypatch, capsys):
-    image = str(shared_path("data", "busi_seg", "test", "images", "benign_0017.png"))
+    image = str(data_path("busi_seg", "test", "images", "benign_0017.png"))
     out = tmp_path / "out"
     assert cli.main(["predict", str(models["seg"]), str(tmp_path / "none" / "*.png"), "-o", str(out)]) == 2
     assert "no input files" in capsys.readouterr().err

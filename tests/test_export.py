@@ -38,7 +38,7 @@ from hf_medmamba.export import (
 )
 from hf_medmamba.ss2d import SS2D
 
-from .conftest import busi_cls_images, shared_path
+from .conftest import busi_cls_images, data_path
 from .test_selective_scan import OPTIONS, call, make_inputs
 
 
@@ -283,7 +283,7 @@ def test_onnx_vmunet_on_real_images(tmp_path):
     model = tiny_vmunet(sigmoid_head=True)  # the presets' one-channel head: sigmoid >= threshold
     processor = VMUNetImageProcessor(size={"height": SIZE, "width": SIZE})
     images = []
-    for image_path in sorted(shared_path("data", "busi_seg", "test", "images").glob("*.png"))[:5]:
+    for image_path in sorted(data_path("busi_seg", "test", "images").glob("*.png"))[:5]:
         with PIL.Image.open(image_path) as image:
             images.append(image.copy())
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]  # ISIC min-max: values in [0, 255]
@@ -342,7 +342,7 @@ def save_folder(tmp_path, model, processor):
 @pytest.mark.slow
 def test_cli_classification_on_real_images(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_medmamba(), MedMambaImageProcessor(size={"height": SIZE, "width": SIZE}))
-    images = shared_path("data", "busi_cls", "test")
+    images = data_path("busi_cls", "test")
     code = export_cli().main(
         ["--model", str(folder), "--output", str(tmp_path / "m.onnx"), "--validate-images", str(images),
          "--max-images", "10", "--batch-size", "4"]
@@ -356,7 +356,7 @@ def test_cli_classification_on_real_images(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_segmentation_on_real_images_with_a_fixed_batch(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_vmunet(), VMUNetImageProcessor(size={"height": SIZE, "width": SIZE}))
-    images = shared_path("data", "busi_seg", "test", "images")
+    images = data_path("busi_seg", "test", "images")
     code = export_cli().main(
         ["--model", str(folder), "--output", str(tmp_path / "v.onnx"), "--validate-images", f"{images}/*.png",
          "--max-images", "3", "--no-dynamic-batch", "--batch-size", "2"]

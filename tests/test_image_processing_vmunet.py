@@ -7,11 +7,11 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from hf_medmamba import VMambaImageProcessor, VMUNetImageProcessor
 from hf_medmamba.image_processing_common import ImageInputError
 
-from .conftest import shared_path
+from .conftest import data_path
 
 
 def busi_pair(name="benign_0032.png"):
-    root = shared_path("data", "busi_seg", "test")
+    root = data_path("busi_seg", "test")
     with PIL.Image.open(root / "images" / name) as image, PIL.Image.open(root / "masks" / name) as mask:
         return image.copy(), mask.copy()
 
@@ -29,7 +29,7 @@ def test_isic_mode_is_min_max_before_resizing():
 
 
 def test_standard_mode_for_ct():
-    ct = np.load(shared_path("data", "ct_abdomen_organs", "synapse_format", "train_npz", "tsexample_slice015.npz"))
+    ct = np.load(data_path("ct_abdomen_organs", "synapse_format", "train_npz", "tsexample_slice015.npz"))
     processor = VMUNetImageProcessor(
         num_channels=1, normalization_mode="standard", mask_mode="index", size={"height": 101, "width": 122}
     )

@@ -12,7 +12,7 @@ from hf_medmamba import MedMambaConfig, MedMambaForImageClassification
 from hf_medmamba.convert import medmamba_processor
 from hf_medmamba.model_card import BASE_TAGS, TEMPLATE_PATH, build_model_card, example_cards, load_eval_results
 
-from .conftest import REPO, shared_path
+from .conftest import REPO, data_path
 
 
 CARD_TYPES = {
@@ -152,7 +152,7 @@ def test_loading_instructions_with_the_package_installed(tmp_path):
     assert type(classifier.model).__module__ == "hf_medmamba.modeling_medmamba"
     import PIL.Image
 
-    with PIL.Image.open(shared_path("data", "busi_cls", "test", "benign", "benign_0003.png")) as image:
+    with PIL.Image.open(data_path("busi_cls", "test", "benign", "benign_0003.png")) as image:
         result = classifier(image.copy())
     assert sorted(r["label"] for r in result) == ["benign", "malignant"]
 

@@ -1,6 +1,5 @@
 import copy
 import math
-import re
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, MedMambaImageProcessor, MedMambaModel
 from hf_medmamba.convert import MEDMAMBA_PREFIXES, map_prefixes
 
-from .conftest import busi_cls_images, shared_path
+from .conftest import MEDMAMBA_CASES, busi_cls_images, key_list, upstream_case, upstream_case_kwargs
 
 
 LABELS = {0: "benign", 1: "malignant", 2: "normal"}
@@ -31,12 +30,14 @@ def model():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("case", MEDMAMBA_CASES)
 @pytest.mark.parametrize("backend", ["reference", "chunked", "cpu_kernel"])
-def test_matches_upstream_reference_outputs(backend):
+def test_matches_upstream_reference_outputs(case, backend):
     """Upstream MedMamba (original code, perturbed weights) -> our model through the recorded prefix map."""
-    root = shared_path("spec", "reference", "medmamba_tiny")
+    root = upstream_case(case)
     state_dict = torch.load(root / "state_dict.pth", weights_only=True)
-    config = MedMambaConfig(depths=[1, 1, 1, 1], dims=[32, 64, 128, 256], num_labels=3, scan_backend=backend)
+    upstream = upstream_case_kwargs(root)
+    config = MedMambaConfig(depths=upstream["depths"], dims=upstream["dims"], num_labels=3, scan_backend=backend)
     model = MedMambaForImageClassification(config).eval()
     model.load_state_dict(map_prefixes(state_dict, MEDMAMBA_PREFIXES), strict=True)
     intermediates = torch.load(root / "intermediates.pt", weights_only=True)
@@ -48,17 +49,8 @@ def test_matches_upstream_reference_outputs(backend):
     assert (outputs.logits - torch.load(root / "output.pt", weights_only=True)).abs().max() <= 1e-4
 
 
-def upstream_entries():
-    entries = {}
-    for line in shared_path("spec", "medmamba_t_state_dict.txt").read_text().splitlines():
-        if not line.startswith("#"):
-            name, shape, dtype = line.split("\t")
-            entries[name] = (tuple(int(s) for s in re.findall(r"\d+", shape)), dtype)
-    return entries
-
-
 def test_upstream_medmamba_t_state_dict_loads_through_the_prefix_map():
-    entries = upstream_entries()
+    entries = key_list("medmamba_t_state_dict.txt")
     assert len(entries) == 355
     fake = {k: torch.zeros(shape, dtype=getattr(torch, dtype)) for k, (shape, dtype) in entries.items()}
     model = MedMambaForImageClassification(MedMambaConfig.from_preset("medmamba-t", num_labels=6))

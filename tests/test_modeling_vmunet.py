@@ -1,5 +1,4 @@
 import copy
-import re
 
 import numpy as np
 import PIL.Image
@@ -20,7 +19,7 @@ from hf_medmamba import (
 from hf_medmamba.convert import VMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes
 from hf_medmamba.losses import bce_dice_loss, ce_dice_loss
 
-from .conftest import shared_path
+from .conftest import VMUNET_CASES, data_path, key_list, upstream_case, upstream_case_kwargs
 
 
 BINARY = {0: "background", 1: "lesion"}
@@ -45,7 +44,7 @@ def model():
 
 def busi_seg(split, count, size=64):
     """A few real BUSI ultrasound images with their {0, 255} lesion masks, through the processor."""
-    root = shared_path("data", "busi_seg", split)
+    root = data_path("busi_seg", split)
     names = sorted(p.name for p in (root / "images").glob("*.png"))[:count]
     images, masks = [], []
     for name in names:
@@ -60,12 +59,19 @@ def busi_seg(split, count, size=64):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("case", VMUNET_CASES)
 @pytest.mark.parametrize("backend", ["reference", "chunked", "cpu_kernel"])
-def test_matches_upstream_reference_outputs(backend):
-    root = shared_path("spec", "reference", "vmunet_tiny")
+def test_matches_upstream_reference_outputs(case, backend):
+    root = upstream_case(case)
     state_dict = torch.load(root / "state_dict.pth", weights_only=True)
+    upstream = upstream_case_kwargs(root)
     config = VMUNetConfig(
-        depths=[1, 1, 1, 1], depths_decoder=[1, 1, 1, 1], id2label=BINARY, sigmoid_head=True, scan_backend=backend
+        depths=upstream["depths"],
+        depths_decoder=upstream["depths_decoder"],
+        dims=upstream.get("dims", 96),
+        id2label=BINARY,
+        sigmoid_head=True,
+        scan_backend=backend,
     )
     model = VMUNetForSegmentation(config).eval()
     model.load_state_dict(map_prefixes(state_dict, VMUNET_PREFIXES), strict=True)
@@ -83,17 +89,8 @@ def test_matches_upstream_reference_outputs(backend):
     assert (probabilities - torch.load(root / "output.pt", weights_only=True)).abs().max() <= 1e-4
 
 
-def read_key_list(name):
-    entries = {}
-    for line in shared_path("spec", name).read_text().splitlines():
-        if not line.startswith("#"):
-            key, shape, dtype = line.split("\t")
-            entries[key] = (tuple(int(s) for s in re.findall(r"\d+", shape)), getattr(torch, dtype))
-    return entries
-
-
 @pytest.mark.parametrize(
-    ("key_list", "count", "build", "prefixes"),
+    ("key_list_name", "count", "build", "prefixes"),
     [
         (
             "vmunet_state_dict.txt",
@@ -115,8 +112,8 @@ def read_key_list(name):
         ),
     ],
 )
-def test_upstream_key_lists_load_with_nothing_missing_or_unexpected(key_list, count, build, prefixes):
-    entries = read_key_list(key_list)
+def test_upstream_key_lists_load_with_nothing_missing_or_unexpected(key_list_name, count, build, prefixes):
+    entries = {k: (shape, getattr(torch, dtype)) for k, (shape, dtype) in key_list(key_list_name).items()}
     assert len(entries) == count
     with torch.device("meta"):
         model = build()
@@ -247,7 +244,7 @@ def test_loss_decreases_on_real_images():
 
 def ct_slices(count=4, size=64):
     """Real abdominal CT slices (1 channel) with 9-class organ labels."""
-    root = shared_path("data", "ct_abdomen_organs", "slices", "train")
+    root = data_path("ct_abdomen_organs", "slices", "train")
     names = sorted(p.name for p in (root / "images").glob("*.png"))[10 : 10 + count]
     images, labels = [], []
     for name in names:
@@ -308,7 +305,7 @@ def test_segmentation_pipeline(model, tmp_path):
     model.save_pretrained(tmp_path)
     VMUNetImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path)
     segmenter = pipeline("image-segmentation", model=str(tmp_path), trust_remote_code=False)
-    image = PIL.Image.open(shared_path("data", "busi_seg", "test", "images", "benign_0032.png")).resize((120, 90))
+    image = PIL.Image.open(data_path("busi_seg", "test", "images", "benign_0032.png")).resize((120, 90))
     results = segmenter(image)
     assert {r["label"] for r in results} <= {"background", "lesion"}
     assert results

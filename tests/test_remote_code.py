@@ -26,7 +26,7 @@ from hf_medmamba import (
     VMUNetImageProcessor,
 )
 
-from .conftest import shared_path
+from .conftest import data_path
 
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
@@ -76,8 +76,8 @@ def saved_cases(root):
     torch.manual_seed(0)
     classify = ("image-classification", "AutoModelForImageClassification")
     segment = ("image-segmentation", "AutoModelForSemanticSegmentation")
-    ultrasound = shared_path("data", "busi_cls", "test", "benign", "benign_0003.png")
-    lesion = shared_path("data", "busi_seg", "test", "images", "benign_0032.png")
+    ultrasound = data_path("busi_cls", "test", "benign", "benign_0003.png")
+    lesion = data_path("busi_seg", "test", "images", "benign_0032.png")
     labels = {0: "benign", 1: "malignant", 2: "normal"}
     size = {"height": 64, "width": 64}
     medmamba = MedMambaForImageClassification(MedMambaConfig(**TINY, id2label=labels))
@@ -150,5 +150,5 @@ def test_segmentation_pipeline_in_a_fresh_process(fresh_process_reports):
     results = fresh_process_reports["vmunet"]["pipeline"]
     assert results
     assert {r["label"] for r in results} <= {"background", "lesion"}
-    with PIL.Image.open(shared_path("data", "busi_seg", "test", "images", "benign_0032.png")) as image:
+    with PIL.Image.open(data_path("busi_seg", "test", "images", "benign_0032.png")) as image:
         assert all(r["mask_size"] == list(image.size) for r in results)

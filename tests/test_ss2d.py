@@ -1,5 +1,3 @@
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +5,7 @@ import torch.nn.functional as F
 from hf_medmamba.selective_scan import cross_merge, cross_scan, selective_scan_reference
 from hf_medmamba.ss2d import SS2D
 
-from .conftest import shared_path
+from .conftest import key_list
 
 
 def pixel_orders(H, W):
@@ -148,12 +146,8 @@ def upstream_ss2d_entries(width):
     """Keys and shapes below one SS2D of MedMamba-T whose width is `width` (48, 96, 192, 384 per stage)."""
     stage = {48: 0, 96: 1, 192: 2, 384: 3}[width]
     prefix = f"layers.{stage}.blocks.0.self_attention."
-    entries = {}
-    for line in shared_path("spec", "medmamba_t_state_dict.txt").read_text().splitlines():
-        if line.startswith(prefix):
-            name, shape, _ = line[len(prefix) :].split("\t")
-            entries[name] = tuple(int(s) for s in re.findall(r"\d+", shape))
-    return entries
+    entries = key_list("medmamba_t_state_dict.txt")
+    return {k[len(prefix) :]: shape for k, (shape, _) in entries.items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("width", [48, 96, 192, 384])

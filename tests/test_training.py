@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from .conftest import shared_path
 from .test_examples import (
     DATA,
     EXAMPLES,
@@ -242,11 +243,10 @@ def test_two_processes_with_gloo_share_the_data(tmp_path, datasets_cache):
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.shared
 def test_bundled_data_matches_the_shared_copy():
     """examples/data is a copy of the shared datasets (same files, same bytes for a sample)."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not shared.is_dir():
-        pytest.fail(f"{shared} is missing (tests read ../shared beside the checkout)")
+    shared = shared_path("data")
     for name in ("busi_cls", "busi_seg", "ct_abdomen_organs"):
         ours = sorted(str(p.relative_to(DATA / name)) for p in (DATA / name).rglob("*") if p.is_file())
         theirs = sorted(str(p.relative_to(shared / name)) for p in (shared / name).rglob("*") if p.is_file())
