@@ -1,5 +1,8 @@
-"""Packaging for hf-medmamba. Version ranges admit torch 2.11-2.13 and transformers 5.17+, and nothing newer than
-torch 2.13, so that an install next to torch==2.13.0 never pulls another (multi-GB) torch build."""
+"""Packaging for hf-medmamba.
+
+Requirements carry lower bounds only. With torch already installed, a lower bound that it meets leaves it alone; an
+upper bound would make pip replace the user's torch (and break the torchvision built for it). Add an upper bound only
+for a known breakage, and say which."""
 
 from pathlib import Path
 
@@ -9,10 +12,10 @@ from setuptools import setup
 HERE = Path(__file__).parent
 
 CORE = [
-    "torch>=2.11,<2.14",
-    "transformers>=5.17,<6",
+    "torch>=2.11",
+    "transformers>=5.17",
     "safetensors>=0.4.3",
-    "huggingface-hub>=1.0,<3",
+    "huggingface-hub>=1.0",
     "numpy>=1.26",
     "pillow>=10.0",
 ]

@@ -435,7 +435,7 @@ def _softplus(x):
     log1p(e^x) uses Goldberg's log1p(y) = log(1 + y) * y / ((1 + y) - 1), accurate to a few ulp: ONNX has no Log1p, and
     a plain log(1 + y) would lose the small step sizes. Both branches stay finite, so gradients do too.
     """
-    y = torch.exp(x.clamp(max=20.0))
+    y = torch.exp(x.clamp(max=21.0))  # clamped past the threshold: no clamp gradient (0 on torch 2.14) at x = 20
     u = 1 + y
     d = u - 1
     tiny = d == 0  # y below half an ulp of 1: log1p(y) = y
