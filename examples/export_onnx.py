@@ -3,7 +3,8 @@
 The model is exported by `hf_medmamba.export.export_onnx` (torch.export, then the dynamo-based ONNX exporter) at a
 fixed image size, by default the size of the folder's image processor. The file is then run in onnxruntime (CPU) on
 real images, prepared by the folder's image processor exactly as for PyTorch, and compared with the model in PyTorch
-eager mode: max |logits difference| <= --atol (1e-4), and the same predicted labels (classifiers) or identical masks
+eager mode: max |logits difference| <= --atol + --rtol * max |logits| (1e-4 + 1e-4 * max |logits|, the rule that
+every cross-backend comparison of this package uses), and the same predicted labels (classifiers) or identical masks
 after the processor's post-processing (segmenters). Prints the export time, file size, max difference and agreement;
 exits with status 1 when the check fails (2 for bad arguments).
 
@@ -26,6 +27,7 @@ import torch
 
 from hf_medmamba.cli import IMAGE_EXTENSIONS, CLIError, load_model
 from hf_medmamba.export import DEFAULT_OPSET, ExportError, export_onnx, verify_onnx
+from hf_medmamba.verification import OUTPUT_ATOL, OUTPUT_RTOL
 
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -51,7 +53,12 @@ def parse_args(argv=None):
         "--validate-images", nargs="+", help="Image files, folders or glob patterns (default: the bundled test set)."
     )
     parser.add_argument("--max-images", type=int, default=32, help="Validate on at most this many images (sorted).")
-    parser.add_argument("--atol", type=float, default=1e-4, help="Largest allowed |logits(onnx) - logits(torch)|.")
+    parser.add_argument(
+        "--atol", type=float, default=OUTPUT_ATOL, help="Absolute part of the allowed |logits(onnx) - logits(torch)|."
+    )
+    parser.add_argument(
+        "--rtol", type=float, default=OUTPUT_RTOL, help="Relative part, times the largest |logits(torch)|."
+    )
     parser.add_argument("--threads", type=int, help="Threads of PyTorch and onnxruntime (default: theirs).")
     parser.add_argument("--trust-remote-code", action="store_true", help="Load a model folder with custom code.")
     return parser.parse_args(argv)
@@ -105,7 +112,9 @@ def main(argv=None):
         seconds = time.perf_counter() - start
         print(f"exported {path} in {seconds:.1f} s, {path.stat().st_size / 2**20:.1f} MiB", flush=True)
 
-        check = verify_onnx(path, model, pixel_values, args.atol, processor, args.batch_size, args.threads)
+        check = verify_onnx(
+            path, model, pixel_values, args.atol, processor, args.batch_size, args.threads, rtol=args.rtol
+        )
     except (CLIError, ExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

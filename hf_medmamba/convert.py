@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ import torch
 from .configuration_medmamba import MEDMAMBA_PRESETS, MedMambaConfig
 from .configuration_vmamba import VMAMBA_PRESETS, VMambaConfig
 from .configuration_vmunet import BINARY_LABELS, SYNAPSE_LABELS, VMUNET_PRESETS, VMUNetConfig
+from .verification import VerificationError, check_reference, verify_folder
 
 
 # Upstream MedMamba ``VSSM`` keys -> ``MedMambaForImageClassification`` keys: a prefix change only; every name below
@@ -55,16 +55,9 @@ IMAGENET_ID2LABEL_FILE = Path(__file__).with_name("data") / "imagenet1k_id2label
 # SS2D settings every upstream checkpoint was trained with; a preset is named only when a checkpoint has them.
 _UPSTREAM_SSM = {"patch_size": 4, "d_state": 16, "d_conv": 3, "expand": 2, "dt_rank": "auto"}
 
-REMOTE_ATOL = 1e-5  # fresh-process remote code vs the in-memory model (different scan backends)
-REFERENCE_ATOL = 1e-4  # our model vs outputs of the original upstream code
-
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be converted; the message says what was found and what was expected."""
-
-
-class VerificationError(RuntimeError):
-    """A converted folder that does not reproduce the in-memory model or the reference outputs."""
 
 
 def map_prefixes(state_dict, prefixes):
@@ -775,192 +768,6 @@ def vmamba_processor(config):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Verification in a fresh process
-# ----------------------------------------------------------------------------------------------------------------------
-
-# The child: hf_medmamba made unimportable (so every class must come from the folder's remote code), its own HF_HOME,
-# offline. It loads the model and processor with trust_remote_code=True and saves the logits for the given inputs.
-_CHILD_SOURCE = r"""
-import importlib.abc, json, sys
-
-
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_medmamba" or name.startswith("hf_medmamba."):
-            raise ImportError(f"{name} is blocked: this check loads the folder as remote code")
-        return None
-
-
-sys.meta_path.insert(0, _Block())
-import torch
-import transformers
-
-spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
-model = getattr(transformers, spec["auto_class"]).from_pretrained(spec["folder"], trust_remote_code=True).eval()
-report = {"model_class": type(model).__module__ + "." + type(model).__name__}
-if spec["processor"]:
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
-
-    processor = AutoImageProcessor.from_pretrained(spec["folder"], trust_remote_code=True)
-    report["processor_class"] = type(processor).__module__ + "." + type(processor).__name__
-inputs = torch.load(spec["inputs"], weights_only=True)
-with torch.no_grad():
-    outputs = {name: model(x).logits for name, x in inputs.items()}
-torch.save(outputs, spec["outputs"])
-report["hf_medmamba_imported"] = any(m == "hf_medmamba" or m.startswith("hf_medmamba.") for m in sys.modules)
-print(json.dumps(report))
-"""
-
-_BASE_AUTO_CLASSES = ("AutoConfig", "AutoModel")
-
-
-def head_auto_class(folder):
-    """The task Auto class named in a folder's ``config.json`` ``auto_map`` (e.g. AutoModelForImageClassification)."""
-    config_file = Path(folder) / "config.json"
-    if not config_file.is_file():
-        raise VerificationError(f"{folder} has no config.json.")
-    auto_map = json.loads(config_file.read_text(encoding="utf-8")).get("auto_map") or {}
-    heads = [name for name in auto_map if name not in _BASE_AUTO_CLASSES]
-    if len(heads) != 1 or not set(_BASE_AUTO_CLASSES) <= set(auto_map):
-        raise VerificationError(
-            f"{config_file}: auto_map must name AutoConfig, AutoModel and one task class, got {sorted(auto_map)}."
-        )
-    return heads[0]
-
-
-def run_remote_code(folder, inputs, timeout=600):
-    """Load ``folder`` with ``trust_remote_code=True`` in a fresh Python process that cannot import hf_medmamba and
-    return (its logits for each named input, the child's report)."""
-    folder = Path(folder).resolve()
-    auto_class = head_auto_class(folder)
-    with tempfile.TemporaryDirectory(prefix="hf_medmamba_verify_") as work:
-        work = Path(work)
-        torch.save(dict(inputs), work / "inputs.pt")
-        spec = {
-            "folder": str(folder),
-            "auto_class": auto_class,
-            "processor": (folder / "preprocessor_config.json").is_file(),
-            "inputs": str(work / "inputs.pt"),
-            "outputs": str(work / "outputs.pt"),
-        }
-        (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-        env.pop("HF_MEDMAMBA_SCAN_BACKEND", None)
-        env.update(HF_HOME=str(work / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD_SOURCE, str(work / "spec.json")],
-                env=env,
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise VerificationError(f"loading {folder} as remote code took more than {timeout} s.") from None
-        if proc.returncode != 0:
-            tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:])
-            raise VerificationError(f"{folder} does not load with trust_remote_code=True in a fresh process: {tail}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        outputs = torch.load(work / "outputs.pt", weights_only=True)
-    if report["hf_medmamba_imported"] or not report["model_class"].startswith("transformers_modules."):
-        raise VerificationError(f"the fresh process did not use the folder's remote code: {report}")
-    return outputs, report
-
-
-def verification_input(config, batch=2):
-    """A fixed input (seed 0) of the model's channel count, 2x the stages' size multiple (64 for the presets)."""
-    side = 2 * config.patch_size * 2 ** (len(config.depths) - 1)
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, config.num_channels, side, side, generator=generator)
-
-
-def load_tensor(path):
-    """A tensor saved with torch.save (weights_only) or safetensors (its only / first tensor)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-        return next(iter(tensors.values()))
-    value = torch.load(path, map_location="cpu", weights_only=True)
-    if not torch.is_tensor(value):
-        raise VerificationError(f"{path} holds a {type(value).__name__}, expected a tensor.")
-    return value
-
-
-def _activate(logits, reference_is):
-    if reference_is == "logits":
-        return logits
-    if reference_is == "probabilities":
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
-    raise ValueError(f"reference_is must be 'logits' or 'probabilities', got {reference_is!r}.")
-
-
-def _max_diff(got, expected, what):
-    if tuple(got.shape) != tuple(expected.shape):
-        raise VerificationError(f"{what}: shape {tuple(got.shape)} vs expected {tuple(expected.shape)}.")
-    return (got.float() - expected.float()).abs().max().item()
-
-
-def verify_folder(folder, model=None, reference_input=None, reference_output=None, reference_is="logits"):
-    """Check a saved folder: loaded as remote code in a fresh process, its logits on a fixed input equal ``model``'s
-    (or, without ``model``, those of the folder loaded here with hf_medmamba's classes) to `REMOTE_ATOL`; with a
-    reference input/output pair (from the original upstream code) both agree with it to `REFERENCE_ATOL`. Returns a
-    dict of the measured differences; raises `VerificationError` otherwise."""
-    folder = Path(folder)
-    if model is None:  # hf_medmamba is imported (this module is part of it), so its classes are registered
-        import transformers
-
-        model = getattr(transformers, head_auto_class(folder)).from_pretrained(folder).eval()
-    inputs = {"fixed": verification_input(model.config)}
-    expected = None
-    if reference_input is not None or reference_output is not None:
-        if reference_input is None or reference_output is None:
-            raise VerificationError("give both --reference-input and --reference-output.")
-        inputs["reference"] = load_tensor(reference_input)
-        expected = load_tensor(reference_output)
-    with torch.no_grad():
-        local = {name: model(x).logits for name, x in inputs.items()}
-    result = {}
-    if expected is not None:
-        result["reference_max_abs_diff"] = _max_diff(_activate(local["reference"], reference_is), expected, "output")
-        if not result["reference_max_abs_diff"] <= REFERENCE_ATOL:
-            raise VerificationError(
-                f"the converted model differs from the reference output by {result['reference_max_abs_diff']:.3g} "
-                f"(max abs; tolerance {REFERENCE_ATOL:g}, compared as {reference_is})."
-            )
-    remote, report = run_remote_code(folder, inputs)
-    result["remote_max_abs_diff"] = max(_max_diff(remote[n], local[n], f"remote {n}") for n in inputs)
-    if not result["remote_max_abs_diff"] <= REMOTE_ATOL:
-        raise VerificationError(
-            f"the folder loaded as remote code in a fresh process differs from the converted model by "
-            f"{result['remote_max_abs_diff']:.3g} (max abs; tolerance {REMOTE_ATOL:g})."
-        )
-    if expected is not None:
-        remote_ref = _max_diff(_activate(remote["reference"], reference_is), expected, "remote output")
-        result["remote_reference_max_abs_diff"] = remote_ref
-        if not remote_ref <= REFERENCE_ATOL:
-            raise VerificationError(f"the remote-code model differs from the reference output by {remote_ref:.3g}.")
-    result.update(report)
-    return result
-
-
-def check_reference(model, reference_input, reference_output, reference_is="logits"):
-    """Max abs difference between ``model`` on the reference input and the reference output; raises above
-    `REFERENCE_ATOL`."""
-    with torch.no_grad():
-        got = _activate(model(load_tensor(reference_input)).logits, reference_is)
-    diff = _max_diff(got, load_tensor(reference_output), "output")
-    if not diff <= REFERENCE_ATOL:
-        raise VerificationError(
-            f"the converted model differs from the reference output by {diff:.3g} (max abs; tolerance "
-            f"{REFERENCE_ATOL:g}, compared as {reference_is})."
-        )
-    return diff
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Writing a folder
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -1043,9 +850,10 @@ class ConversionResult:
         if self.init_report is not None:
             lines.append(self.init_report.summary())
         if "remote_max_abs_diff" in self.verification:
+            check = self.verification
             lines.append(
-                f"  verified: remote code in a fresh process matches (max abs diff "
-                f"{self.verification['remote_max_abs_diff']:.2e})"
+                "  verified: remote code in a fresh process matches (weights bit for bit; outputs max abs diff "
+                f"{check['remote_max_abs_diff']:.2e}, tolerance {check['remote_tolerance']:.2e})"
             )
         else:
             lines.append("  not verified in a fresh process (--no-verify)")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .ss2d import SS2D
+from .verification import OUTPUT_ATOL, OUTPUT_RTOL
 
 
 EXPORT_BACKEND = "export"
@@ -247,19 +248,20 @@ def predictions(logits, image_processor=None):
 
 @dataclass
 class OnnxCheck:
-    """What `verify_onnx` found: ``ok`` when the logits agree within ``atol`` and the predictions are identical."""
+    """What `verify_onnx` found: ``ok`` when the logits agree within ``tolerance`` (``atol + rtol * max |torch
+    logits|``, the rule of `hf_medmamba.verification`) and the predictions are identical."""
 
     task: str
     num_images: int
     max_abs_diff: float
-    atol: float
+    tolerance: float
     disagreements: int
     onnx_logits: torch.Tensor
     torch_logits: torch.Tensor
 
     @property
     def ok(self):
-        return self.max_abs_diff <= self.atol and self.disagreements == 0
+        return self.max_abs_diff <= self.tolerance and self.disagreements == 0
 
     def summary(self):
         what = "predicted labels" if self.task == "classification" else "masks after post-processing"
@@ -268,7 +270,7 @@ class OnnxCheck:
         verdict = "OK" if self.ok else "FAILED"
         return (
             f"{verdict}: {self.num_images} images, max |logits(onnx) - logits(torch)| = {self.max_abs_diff:.2e} "
-            f"(limit {self.atol:.0e}), {what}: {agreement}" + ("" if self.disagreements == 0 else f" ({unit})")
+            f"(limit {self.tolerance:.1e}), {what}: {agreement}" + ("" if self.disagreements == 0 else f" ({unit})")
         )
 
 
@@ -285,8 +287,18 @@ def _run_in_batches(fn, pixel_values, batch_size, fixed_batch=None):
     return torch.cat(outputs)
 
 
-def verify_onnx(path, model, pixel_values, atol=1e-4, image_processor=None, batch_size=None, num_threads=None):
-    """Run the ONNX file in onnxruntime (CPU) on ``pixel_values`` and compare with the model in PyTorch eager mode.
+def verify_onnx(
+    path,
+    model,
+    pixel_values,
+    atol=OUTPUT_ATOL,
+    image_processor=None,
+    batch_size=None,
+    num_threads=None,
+    rtol=OUTPUT_RTOL,
+):
+    """Run the ONNX file in onnxruntime (CPU) on ``pixel_values`` and compare with the model in PyTorch eager mode:
+    the logits must agree within ``atol + rtol * max |torch logits|``.
 
     The PyTorch side runs with the model's own scan backend (the compiled kernel by default). Classification compares
     the predicted classes, segmentation the masks after post-processing (``image_processor``'s
@@ -321,7 +333,7 @@ def verify_onnx(path, model, pixel_values, atol=1e-4, image_processor=None, batc
         task=task,
         num_images=len(pixel_values),
         max_abs_diff=(onnx_logits - torch_logits).abs().max().item(),
-        atol=atol,
+        tolerance=atol + rtol * torch_logits.abs().max().item(),
         disagreements=disagreements,
         onnx_logits=onnx_logits,
         torch_logits=torch_logits,

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .convert import VerificationError, sha256_file, verify_folder
+from .convert import sha256_file
+from .verification import VerificationError, verify_folder
 
 
 # Entry points of the remote code: `save_pretrained` copies these and, transitively, the siblings they import.
@@ -440,8 +441,11 @@ def push_folder(
             verification = verify_folder(folder)
         except VerificationError as err:
             raise RemoteCodeError(str(err)) from None
-        diff = verification["remote_max_abs_diff"]
-        log(f"fresh-process check: loads with trust_remote_code=True, max abs diff {diff:.2e}")
+        diff, tolerance = verification["remote_max_abs_diff"], verification["remote_tolerance"]
+        log(
+            "fresh-process check: loads with trust_remote_code=True, weights identical bit for bit, outputs max abs "
+            f"diff {diff:.2e} (tolerance {tolerance:.2e})"
+        )
     target = f"{repo_id}" + (f" (revision {revision})" if revision else "")
     log(f"{'would upload' if dry_run else 'uploading'} {len(files)} file(s) to {target} in one commit:")
     for item in files:

@@ -28,8 +28,6 @@ from hf_medmamba import (
 from hf_medmamba.configuration_vmunet import SYNAPSE_LABELS
 from hf_medmamba.convert import (
     ConversionError,
-    VerificationError,
-    check_reference,
     convert_medmamba_state_dict,
     detect_architecture,
     infer_medmamba_config,
@@ -46,8 +44,9 @@ from hf_medmamba.convert import (
     vmunet_config_for_init,
     write_folder,
 )
+from hf_medmamba.verification import VerificationError, check_reference
 
-from .conftest import REPO, shared_path
+from .conftest import MEDMAMBA_CASES, REPO, VMUNET_CASES, key_list, upstream_case, upstream_case_kwargs
 
 
 SCRIPTS = REPO / "conversion"
@@ -70,12 +69,7 @@ def run_script(name, argv, capsys):
 
 
 def read_key_list(name):
-    entries = {}
-    for line in shared_path("spec", name).read_text().splitlines():
-        if not line.startswith("#"):
-            key, shape, _ = line.split("\t")
-            entries[key] = tuple(int(s) for s in re.findall(r"\d+", shape))
-    return entries
+    return {key: shape for key, (shape, _) in key_list(name).items()}
 
 
 def meta_tensors(shapes):
@@ -119,8 +113,9 @@ def logits(model, x):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_medmamba_reference_converts_verified_in_a_fresh_process(tmp_path, capsys):
-    root = shared_path("spec", "reference", "medmamba_tiny")
+@pytest.mark.parametrize("case", MEDMAMBA_CASES)
+def test_medmamba_reference_converts_verified_in_a_fresh_process(case, tmp_path, capsys):
+    root = upstream_case(case)
     out = tmp_path / "medmamba-ref"
     argv = [root / "state_dict.pth", out, "--labels", "a,b,c"]
     argv += ["--reference-input", root / "input.pt", "--reference-output", root / "output.pt"]
@@ -131,7 +126,8 @@ def test_medmamba_reference_converts_verified_in_a_fresh_process(tmp_path, capsy
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     expected = torch.load(root / "output.pt", weights_only=True)
     assert (logits(model, torch.load(root / "input.pt", weights_only=True)) - expected).abs().max() <= 1e-4
-    assert model.config.depths == [1, 1, 1, 1] and model.config.dims == [32, 64, 128, 256]
+    upstream = upstream_case_kwargs(root)
+    assert model.config.depths == upstream["depths"] and model.config.dims == upstream["dims"]
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".py") == [
         "README.md",
@@ -142,8 +138,9 @@ def test_medmamba_reference_converts_verified_in_a_fresh_process(tmp_path, capsy
     assert not list(tmp_path.glob("*partial*"))
 
 
-def test_vmunet_reference_converts_to_logits_and_probabilities(tmp_path, capsys):
-    root = shared_path("spec", "reference", "vmunet_tiny")
+@pytest.mark.parametrize("case", VMUNET_CASES)
+def test_vmunet_reference_converts_to_logits_and_probabilities(case, tmp_path, capsys):
+    root = upstream_case(case)
     out = tmp_path / "vmunet-ref"
     argv = [root / "state_dict.pth", out, "--no-verify", "--reference-input", root / "input.pt"]
     status, stdout, stderr = run_script("convert_vmunet", [*argv, "--reference-output", root / "logits.pt"], capsys)
