@@ -13,7 +13,8 @@ cd "$work"  # away from the checkout, so that only the installed wheel can be im
 HF_MEDMAMBA_CACHE="$work/cache" "$work/venv/bin/python" - <<'PY'
 import pathlib
 import hf_medmamba
-from hf_medmamba import convert, cpu_scan, model_card
+from hf_medmamba import convert, model_card
+from hf_medmamba.kernels import cpu_scan
 
 root = pathlib.Path(hf_medmamba.__file__).parent
 assert "site-packages" in str(root), f"imported from {root}, not from the installed wheel"

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import machine, median_time, parse_bench_args, peak_extra_memory_mb, write_section
 
+from hf_medmamba import scan_kernels
 from hf_medmamba import selective_scan as ss
 
 
@@ -75,7 +76,7 @@ def train_call(backend, b, d, L):
 
 def available_backends():
     backends = ["reference", "chunked"]
-    if ss._cpu_kernel() is not None:
+    if scan_kernels.cpu_kernel() is not None:
         backends.append("cpu_kernel")
     return backends
 

@@ -18,7 +18,8 @@ from .image_processing_vmunet import VMUNetImageProcessor
 from .modeling_medmamba import MedMambaForImageClassification, MedMambaModel, MedMambaPreTrainedModel
 from .modeling_vmamba import VMambaForImageClassification, VMambaModel, VMambaPreTrainedModel
 from .modeling_vmunet import VMUNetForSegmentation, VMUNetModel, VMUNetPreTrainedModel
-from .selective_scan import SCAN_BACKENDS, resolve_scan_backend
+from .scan_backends import SCAN_BACKENDS
+from .selective_scan import resolve_scan_backend
 from .ss2d import SS2D
 
 

@@ -1,9 +1,18 @@
-"""What the configurations of MedMamba, VMamba and VM-UNet share: the base class and its validation."""
+"""What the configurations of MedMamba, VMamba and VM-UNet share: the base class and its validation.
+
+Reading a configuration imports no layers and no scan: only transformers' `PretrainedConfig` and the backend names.
+"""
 
 from transformers import PretrainedConfig
 
-from .selective_scan import SCAN_BACKENDS
-from .vss_layers import stage_widths
+from .scan_backends import SCAN_BACKENDS
+
+
+def stage_widths(dims, num_stages):
+    """``dims`` as given (a list) or, for an int ``d``, ``[d, 2d, 4d, ...]`` (upstream convention)."""
+    if isinstance(dims, int):
+        return [dims * 2**i for i in range(num_stages)]
+    return list(dims)
 
 
 def check_labels(kwargs, model_name):
@@ -108,6 +117,11 @@ class SS2DModelConfig(PretrainedConfig):
         self.scan_backend = scan_backend
         check_ssm_settings(self, name)
         super().__init__(**kwargs)
+
+    @property
+    def size_multiple(self):
+        """Input heights and widths are multiples of this for the encoder: the stem's stride times the merges."""
+        return self.patch_size * 2 ** (len(self.depths) - 1)
 
     @classmethod
     def from_preset(cls, name, **kwargs):

@@ -2,7 +2,8 @@
 
 The compiled scan kernels (the CPU kernel behind ctypes, mamba-ssm's CUDA kernel) cannot be traced. For the duration
 of an export the model is switched to the pure-PyTorch scan backend ``"export"`` (see
-`hf_medmamba.selective_scan.selective_scan_export`: one ONNX ``Scan`` node per selective scan) and restored afterwards.
+`hf_medmamba.scan_export`: one ONNX ``Scan`` node per selective scan) and restored afterwards, through
+``model.scan_backend_context``.
 
 The exported graph takes ``pixel_values`` of shape (batch, channels, height, width) and returns the logits:
 (batch, num_labels) for the classifiers, (batch, num_outputs, height, width) for VM-UNet. The height and width are
@@ -27,7 +28,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ss2d import SS2D
 from .verification import OUTPUT_ATOL, OUTPUT_RTOL
 
 
@@ -56,20 +56,13 @@ def _image_hw(image_size):
     return size
 
 
-def _scan_backends(model):
-    """The scan backend of the config and of every SS2D module."""
-    return {getattr(model.config, "scan_backend", "auto")} | {
-        m.scan_backend for m in model.modules() if isinstance(m, SS2D)
-    }
-
-
 def _check_exportable(model):
-    if not hasattr(model, "set_scan_backend"):
+    if not hasattr(model, "scan_backend_context"):
         raise ExportError(
-            f"{type(model).__name__} is not an hf_medmamba model (no set_scan_backend); export handles "
+            f"{type(model).__name__} is not an hf_medmamba model (no scan_backend_context); export handles "
             "MedMambaForImageClassification, VMambaForImageClassification and VMUNetForSegmentation."
         )
-    if "mamba_ssm" in _scan_backends(model):
+    if model.config.scan_backend == "mamba_ssm":
         raise ExportError(
             "this model is forced to the 'mamba_ssm' scan backend. mamba-ssm's CUDA kernel is a compiled extension "
             "that torch.export and ONNX cannot trace; export uses the pure-PyTorch scan formulation 'export' instead "
@@ -80,7 +73,7 @@ def _check_exportable(model):
 
 def input_multiple(model):
     """The factor the height and width must be multiples of (VM-UNet pads to it; the classifiers require it)."""
-    return model.config.patch_size * 2 ** (len(model.config.depths) - 1)
+    return model.config.size_multiple
 
 
 def _dynamic_shapes(model, height, width, dynamic_batch, dynamic_spatial):
@@ -99,20 +92,6 @@ def _dynamic_shapes(model, height, width, dynamic_batch, dynamic_spatial):
         dims[2] = multiple * torch.export.Dim("height_blocks", min=1)
         dims[3] = multiple * torch.export.Dim("width_blocks", min=1)
     return (dims,) if dims else None
-
-
-@contextlib.contextmanager
-def use_scan_backend(model, backend=EXPORT_BACKEND):
-    """Switch ``model`` (config and every SS2D) to ``backend`` inside the ``with`` block, then restore it exactly."""
-    saved_config = model.config.scan_backend
-    saved = [(m, m.scan_backend) for m in model.modules() if isinstance(m, SS2D)]
-    model.set_scan_backend(backend)
-    try:
-        yield model
-    finally:
-        model.config.scan_backend = saved_config
-        for module, name in saved:
-            module.scan_backend = name
 
 
 @contextlib.contextmanager
@@ -181,7 +160,7 @@ def export_program(model, image_size, batch_size=1, dynamic_batch=True, dynamic_
     example = example_input(model, (height, width), max(batch_size, 2) if dynamic_batch else batch_size)
     with _eval_mode(model), torch.no_grad():
         model(pixel_values=example[:1])  # the model's own checks of the input, with their messages, before tracing
-        with use_scan_backend(model, EXPORT_BACKEND):
+        with model.scan_backend_context(EXPORT_BACKEND):
             return torch.export.export(LogitsOnly(model), (example,), dynamic_shapes=dynamic_shapes, strict=False)
 
 
@@ -352,6 +331,5 @@ __all__ = [
     "input_multiple",
     "onnx_session",
     "predictions",
-    "use_scan_backend",
     "verify_onnx",
 ]

@@ -22,7 +22,6 @@ NOT_REMOTE_CODE = {
     "__init__.py": "the package entry point (registers the Auto classes)",
     "cli.py": "the prediction command line",
     "convert.py": "the checkpoint converters",
-    "cpu_scan.py": "the compiled CPU-kernel loader (it compiles and loads native code)",
     "export.py": "the ONNX / torch.export tooling",
     "hub.py": "the Hub tooling",
     "metrics.py": "the evaluation metrics",

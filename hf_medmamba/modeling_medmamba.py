@@ -9,10 +9,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_medmamba import MedMambaConfig
-from .modeling_common import SSMPreTrainedMixin
-from .vss_layers import DropPath, StageEncoderMixin, classifier_output, init_vss_weights, ss2d_from_config
+from .modeling_common import SSMPreTrainedMixin, channels_first, classifier_output
+from .ss2d import SS2D
+from .validation import check_pixel_values
+from .vss_layers import DropPath, PatchEmbed2D, VSSEncoder
 
 
 class MedMambaConvBranch(nn.Sequential):
@@ -44,7 +47,7 @@ class MedMambaBlock(GradientCheckpointingLayer):
         super().__init__()
         half = dim // 2
         self.ln_1 = nn.LayerNorm(half, eps=config.layer_norm_eps)
-        self.self_attention = ss2d_from_config(config, half)  # upstream's name for the SS2D module
+        self.self_attention = SS2D(config, half)  # upstream's name for the SS2D module
         self.drop_path = DropPath(drop_path)
         self.conv33conv33conv11 = MedMambaConvBranch(half)
 
@@ -62,21 +65,18 @@ class MedMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = MedMambaConfig
     config: MedMambaConfig
     base_model_prefix = "medmamba"
-    _no_split_modules = ["MedMambaBlock"]
-
-    def _init_weights(self, module):
-        """Upstream MedMamba: as VMamba, but every Conv2d weight re-initialised with kaiming-normal (fan_out, relu)."""
-        init_vss_weights(module, self.config.initializer_range, kaiming_normal_convs=True)
+    kaiming_normal_convs = True  # upstream MedMamba re-initialises every Conv2d (kaiming-normal, fan_out, relu)
 
 
-class MedMambaModel(StageEncoderMixin, MedMambaPreTrainedModel):
+class MedMambaModel(MedMambaPreTrainedModel):
     """MedMamba backbone: patch embedding and the Conv-SSM stages, with global average pooling (no final norm)."""
 
     _auto_class = "AutoModel"
 
     def __init__(self, config):
         super().__init__(config)
-        self.build_encoder(config, config.num_channels, MedMambaBlock)
+        self.patch_embed = PatchEmbed2D(config.patch_size, config.num_channels, config.dims[0], config.layer_norm_eps)
+        self.layers = VSSEncoder(config, MedMambaBlock)
         self.post_init()
 
     def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -85,7 +85,24 @@ class MedMambaModel(StageEncoderMixin, MedMambaPreTrainedModel):
         ``pooler_output`` (batch, C), and with ``output_hidden_states`` the patch embedding and the output of every
         stage (after its downsampling, as upstream's ``layers.{i}``), all channels-first.
         """
-        return self.pooled_output(pixel_values, "MedMamba", None, output_hidden_states, return_dict)
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        multiple = config.size_multiple
+        check_pixel_values(pixel_values, config.num_channels, "MedMamba", multiple=multiple, min_size=multiple)
+
+        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
+        embeddings = self.patch_embed(pixel_values)  # (B, H/4, W/4, C0), channels-last
+        _, merged = self.layers(embeddings)  # each stage after its patch merging (the last stage has none)
+        last_hidden_state = merged[-1].permute(0, 3, 1, 2)  # (B, C, H/32, W/32)
+        pooled_output = last_hidden_state.mean(dim=(2, 3))  # upstream's avgpool
+
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=channels_first([embeddings, *merged]) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class MedMambaForImageClassification(MedMambaPreTrainedModel):

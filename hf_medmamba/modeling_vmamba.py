@@ -1,36 +1,35 @@
 """VMamba v0 (Liu et al., 2024, "VMamba: Visual State Space Model", commit 0ec6c27) for transformers.
 
-Its encoder (`StageEncoderMixin` with `VSSBlock`s) is VM-UNet's. Parameter names below ``vmamba.`` equal the VMamba
-checkpoint's (``patch_embed``, ``layers.{i}.blocks.{j}``, ``layers.{i}.downsample``, ``norm``) and the classifier
-is ``head`` (`hf_medmamba.convert.VMAMBA_PREFIXES`).
+Its encoder (`PatchEmbed2D` and a `VSSEncoder` of `VSSBlock`s) is VM-UNet's. Parameter names below ``vmamba.``
+equal the VMamba checkpoint's (``patch_embed``, ``layers.{i}.blocks.{j}``, ``layers.{i}.downsample``, ``norm``) and
+the classifier is ``head`` (`hf_medmamba.convert.VMAMBA_PREFIXES`).
 """
 
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_vmamba import VMambaConfig
-from .modeling_common import SSMPreTrainedMixin
-from .vss_layers import StageEncoderMixin, VSSBlock, classifier_output, init_vss_weights
+from .modeling_common import SSMPreTrainedMixin, channels_first, classifier_output
+from .validation import check_pixel_values
+from .vss_layers import PatchEmbed2D, VSSBlock, VSSEncoder
 
 
 class VMambaPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = VMambaConfig
     config: VMambaConfig
     base_model_prefix = "vmamba"
-    _no_split_modules = ["VSSBlock"]
-
-    def _init_weights(self, module):
-        init_vss_weights(module, self.config.initializer_range)
 
 
-class VMambaModel(StageEncoderMixin, VMambaPreTrainedModel):
-    """VMamba v0 backbone: the encoder, the final LayerNorm, global average pooling."""
+class VMambaModel(VMambaPreTrainedModel):
+    """VMamba v0 backbone: the patch embedding, the VSS stages, the final LayerNorm, global average pooling."""
 
     _auto_class = "AutoModel"
 
     def __init__(self, config):
         super().__init__(config)
-        self.build_encoder(config, config.num_channels, VSSBlock)
+        self.patch_embed = PatchEmbed2D(config.patch_size, config.num_channels, config.dims[0], config.layer_norm_eps)
+        self.layers = VSSEncoder(config, VSSBlock)
         self.norm = nn.LayerNorm(config.dims[-1], eps=config.layer_norm_eps)
         self.post_init()
 
@@ -40,7 +39,24 @@ class VMambaModel(StageEncoderMixin, VMambaPreTrainedModel):
         final norm, ``pooler_output`` (batch, C), and with ``output_hidden_states`` the patch embedding and the four
         stage outputs (after merging), channels-first.
         """
-        return self.pooled_output(pixel_values, "VMamba", self.norm, output_hidden_states, return_dict)
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        multiple = config.size_multiple
+        check_pixel_values(pixel_values, config.num_channels, "VMamba", multiple=multiple, min_size=multiple)
+
+        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
+        embeddings = self.patch_embed(pixel_values)  # (B, H/4, W/4, C0), channels-last
+        _, merged = self.layers(embeddings)  # each stage after its patch merging (the last stage has none)
+        last_hidden_state = self.norm(merged[-1]).permute(0, 3, 1, 2)  # (B, C, H/32, W/32)
+        pooled_output = last_hidden_state.mean(dim=(2, 3))
+
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=channels_first([embeddings, *merged]) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class VMambaForImageClassification(VMambaPreTrainedModel):

@@ -15,9 +15,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_vmunet import VMUNetConfig
 from .losses import bce_dice_loss, ce_dice_loss
-from .modeling_common import SSMPreTrainedMixin
+from .modeling_common import SSMPreTrainedMixin, channels_first
 from .validation import check_pixel_values, check_segmentation_labels
-from .vss_layers import PatchExpand, StageEncoderMixin, VSSBlock, init_vss_weights, stochastic_depth_rates
+from .vss_layers import PatchEmbed2D, PatchExpand, VSSBlock, VSSEncoder, stochastic_depth_rates
 
 
 @dataclass
@@ -57,13 +57,9 @@ class VMUNetPreTrainedModel(SSMPreTrainedMixin, PreTrainedModel):
     config_class = VMUNetConfig
     config: VMUNetConfig
     base_model_prefix = "vmunet"
-    _no_split_modules = ["VSSBlock"]
-
-    def _init_weights(self, module):
-        init_vss_weights(module, self.config.initializer_range)
 
 
-class VMUNetModel(StageEncoderMixin, VMUNetPreTrainedModel):
+class VMUNetModel(VMUNetPreTrainedModel):
     """VM-UNet without its 1x1 head: VMamba encoder, VSS decoder with additive skips, final x4 patch expansion.
 
     Data flow (e_i channels-last): e0 = patch_embed(x); e_{i+1} = layers.i(e_i); d0 = layers_up.0(e4);
@@ -75,7 +71,8 @@ class VMUNetModel(StageEncoderMixin, VMUNetPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.build_encoder(config, 3, VSSBlock)
+        self.patch_embed = PatchEmbed2D(config.patch_size, 3, config.dims[0], config.layer_norm_eps)  # always RGB
+        self.layers = VSSEncoder(config, VSSBlock)
         dims_decoder = config.dims_decoder
         rates = stochastic_depth_rates(config.drop_path_rate, config.depths_decoder, reverse=True)
         self.layers_up = nn.ModuleList(
@@ -90,37 +87,32 @@ class VMUNetModel(StageEncoderMixin, VMUNetPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        check_pixel_values(pixel_values, self.config.num_channels, "VM-UNet", multiple=None, min_size=32)
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        check_pixel_values(pixel_values, config.num_channels, "VM-UNet", multiple=None, min_size=32)
         height, width = pixel_values.shape[-2:]
         if pixel_values.shape[1] == 1:
             pixel_values = pixel_values.repeat(1, 3, 1, 1)  # as upstream: the patch embedding is 3-channel
-        multiple = self.input_multiple()
-        pad_h, pad_w = -height % multiple, -width % multiple
+        pad_h, pad_w = -height % config.size_multiple, -width % config.size_multiple
         if pad_h or pad_w:
             pixel_values = F.pad(pixel_values, (0, pad_w, 0, pad_h))  # bottom and right; cropped off below
 
-        encoder_states = self.encode(pixel_values)  # e0 .. e4
-        hidden_states = encoder_states[-1]
+        embeddings = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))  # e0 (B, H/4, W/4, C0)
+        _, skips = self.layers(embeddings)  # e1 .. e4, each stage after its patch merging
+        hidden_states = skips[-1]
         decoder_states = []
-        for i, stage in enumerate(self.layers_up):
+        for i, stage in enumerate(self.layers_up):  # deepest first; skips added at the inputs of stages 1..3
             if i > 0:
-                hidden_states = hidden_states + encoder_states[-1 - i]
+                hidden_states = hidden_states + skips[-1 - i]
             hidden_states = stage(hidden_states)
             decoder_states.append(hidden_states)
-        features = self.final_up(hidden_states)[:, :height, :width].permute(0, 3, 1, 2)  # (B, C, H, W)
+        features = self.final_up(hidden_states)[:, :height, :width].permute(0, 3, 1, 2)  # (B, C0 / 4, H, W)
 
         output = VMUNetModelOutput(
             last_hidden_state=features,
-            encoder_hidden_states=tuple(h.permute(0, 3, 1, 2) for h in encoder_states)
-            if output_hidden_states
-            else None,
-            decoder_hidden_states=tuple(h.permute(0, 3, 1, 2) for h in decoder_states)
-            if output_hidden_states
-            else None,
+            encoder_hidden_states=channels_first([embeddings, *skips]) if output_hidden_states else None,
+            decoder_hidden_states=channels_first(decoder_states) if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
 

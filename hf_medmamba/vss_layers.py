@@ -4,16 +4,11 @@ Module and parameter names follow upstream (``proj``, ``norm``, ``reduction``, `
 ``self_attention``, ``blocks``, ``downsample``, ``upsample``), so upstream state dicts load without renaming.
 """
 
-import math
-
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
 from .ss2d import SS2D
-from .validation import check_class_labels, check_pixel_values
 
 
 class DropPath(nn.Module):
@@ -84,31 +79,13 @@ class PatchExpand(nn.Module):
         return self.norm(x)
 
 
-def ss2d_from_config(config, dim):
-    """SS2D of width ``dim`` with the SSM settings of a MedMamba / VMamba / VM-UNet config."""
-    return SS2D(
-        d_model=dim,
-        d_state=config.d_state,
-        d_conv=config.d_conv,
-        expand=config.expand,
-        dt_rank=config.dt_rank,
-        dt_min=config.dt_min,
-        dt_max=config.dt_max,
-        dt_init=config.dt_init,
-        dt_scale=config.dt_scale,
-        dt_init_floor=config.dt_init_floor,
-        layer_norm_eps=config.layer_norm_eps,
-        scan_backend=config.scan_backend,
-    )
-
-
 class VSSBlock(GradientCheckpointingLayer):
     """Visual state-space block (upstream ``VSSBlock``): ``x + DropPath(SS2D(LayerNorm(x)))``."""
 
     def __init__(self, config, dim, drop_path=0.0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.self_attention = ss2d_from_config(config, dim)  # upstream's name for the SS2D module
+        self.self_attention = SS2D(config, dim)  # upstream's name for the SS2D module
         self.drop_path = DropPath(drop_path)
 
     def forward(self, hidden_states):
@@ -116,7 +93,11 @@ class VSSBlock(GradientCheckpointingLayer):
 
 
 class VSSStage(nn.Module):
-    """One encoder stage (upstream ``VSSLayer``): its blocks, then an optional 2x ``downsample``."""
+    """One encoder stage (upstream ``VSSLayer``): its blocks, then an optional 2x ``downsample``.
+
+    Returns the stage's output before its downsampling (the stride-4/8/16/32 features of a backbone) and after it
+    (what the next stage reads; upstream's ``layers.{i}`` output, VM-UNet's skip connections).
+    """
 
     def __init__(self, blocks, downsample=None):
         super().__init__()
@@ -126,22 +107,22 @@ class VSSStage(nn.Module):
     def forward(self, hidden_states):
         for block in self.blocks:
             hidden_states = block(hidden_states)
-        if self.downsample is not None:
-            hidden_states = self.downsample(hidden_states)
-        return hidden_states
+        merged = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        return hidden_states, merged
 
 
-class StageEncoderMixin:
-    """The patch embedding (``patch_embed``) and the stages (``layers``) of MedMamba, VMamba and VM-UNet's encoder.
+class VSSEncoder(nn.ModuleList):
+    """The stages of MedMamba, VMamba and VM-UNet's encoder (upstream ``layers``; a ModuleList, so parameter paths
+    stay ``layers.{i}``): stage ``i`` holds ``depths[i]`` blocks of width ``dims[i]`` and, but for the last, a 2x patch
+    merging. Stochastic depth rises linearly over all blocks.
 
-    Each stage holds blocks of one width and, but for the last, a 2x patch merging; upstream names throughout.
+    ``forward`` returns two lists, one entry per stage: the outputs before and after the stage's merging.
     """
 
-    def build_encoder(self, config, in_channels, block_class):
+    def __init__(self, config, block_class):
         dims = config.dims
-        self.patch_embed = PatchEmbed2D(config.patch_size, in_channels, dims[0], config.layer_norm_eps)
         rates = stochastic_depth_rates(config.drop_path_rate, config.depths)
-        self.layers = nn.ModuleList(
+        super().__init__(
             VSSStage(
                 [block_class(config, dims[i], rate) for rate in rates[i]],
                 PatchMerging2D(dims[i], config.layer_norm_eps) if i < len(dims) - 1 else None,
@@ -149,72 +130,13 @@ class StageEncoderMixin:
             for i in range(len(dims))
         )
 
-    def input_multiple(self):
-        """Height and width must be multiples of this: the stem's stride times the three merges."""
-        return self.config.patch_size * 2 ** (len(self.config.depths) - 1)
-
-    def encode(self, pixel_values):
-        """Channels-last outputs of the patch embedding and of every stage (after its merging, as upstream)."""
-        hidden_states = self.patch_embed(pixel_values.to(self.patch_embed.proj.weight.dtype))
-        outputs = [hidden_states]
-        for stage in self.layers:
-            hidden_states = stage(hidden_states)
-            outputs.append(hidden_states)
-        return outputs
-
-    def pooled_output(self, pixel_values, model_name, norm=None, output_hidden_states=None, return_dict=None):
-        """`BaseModelOutputWithPoolingAndNoAttention` of a classification backbone: the last stage (after ``norm``,
-        if any) channels-first, its global average, and on request every stage output, channels-first."""
-        config = self.config
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
-        multiple = self.input_multiple()
-        check_pixel_values(pixel_values, config.num_channels, model_name, multiple=multiple, min_size=multiple)
-        stages = self.encode(pixel_values)
-        last = stages[-1] if norm is None else norm(stages[-1])
-        last = last.permute(0, 3, 1, 2)  # (B, C, H, W)
-        output = BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=last,
-            pooler_output=last.mean(dim=(2, 3)),
-            hidden_states=tuple(h.permute(0, 3, 1, 2) for h in stages) if output_hidden_states else None,
-        )
-        return output if return_dict else output.to_tuple()
-
-
-@torch.no_grad()
-def init_vss_weights(module, initializer_range, kaiming_normal_convs=False):
-    """Upstream VMamba / VM-UNet / MedMamba init: Linear trunc-normal with zero bias, LayerNorm and BatchNorm 1/0
-    (fresh running statistics), SS2D's special init, and convolution weights at PyTorch's default (kaiming-uniform,
-    a = sqrt(5)) or, with ``kaiming_normal_convs`` (MedMamba's re-init of every Conv2d), kaiming-normal (fan_out,
-    relu). Convolution biases keep PyTorch's default in both cases."""
-    if isinstance(module, nn.Linear):
-        init.trunc_normal_(module.weight, std=initializer_range)
-        if module.bias is not None:
-            init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        if kaiming_normal_convs:
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        else:
-            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
-        if module.bias is not None:
-            bound = conv_fan_in(module) ** -0.5
-            init.uniform_(module.bias, -bound, bound)
-    elif isinstance(module, nn.BatchNorm2d):
-        init.ones_(module.weight)
-        init.zeros_(module.bias)
-        init.zeros_(module.running_mean)
-        init.ones_(module.running_var)
-        init.zeros_(module.num_batches_tracked)
-    elif isinstance(module, SS2D):
-        module.reset_ssm_parameters()
-
-
-def conv_fan_in(conv):
-    """PyTorch's fan-in of a convolution weight (its default bias init is uniform within +-1/sqrt(fan_in))."""
-    return conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+    def forward(self, hidden_states):
+        stage_outputs, merged_outputs = [], []
+        for stage in self:
+            stage_output, hidden_states = stage(hidden_states)
+            stage_outputs.append(stage_output)
+            merged_outputs.append(hidden_states)
+        return stage_outputs, merged_outputs
 
 
 def stochastic_depth_rates(rate, depths, reverse=False):
@@ -227,24 +149,3 @@ def stochastic_depth_rates(rate, depths, reverse=False):
         out.append(rates[start : start + depth])
         start += depth
     return out
-
-
-def stage_widths(dims, num_stages):
-    """``dims`` as given (a list) or, for an int ``d``, ``[d, 2d, 4d, ...]`` (upstream convention)."""
-    if isinstance(dims, int):
-        return [dims * 2**i for i in range(num_stages)]
-    return list(dims)
-
-
-def classifier_output(model, logits, labels, hidden_states, return_dict):
-    """The `ImageClassifierOutputWithNoAttention` of a classifier head, with transformers' problem-type loss.
-
-    Class-index labels are checked against ``num_labels`` first, so a wrong label map fails with a clear message.
-    """
-    loss = None
-    if labels is not None:
-        if model.config.problem_type in (None, "single_label_classification") and model.config.num_labels > 1:
-            check_class_labels(labels, model.config.num_labels, type(model).__name__)
-        loss = model.loss_function(labels=labels, pooled_logits=logits, config=model.config)
-    output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
-    return output if return_dict else output.to_tuple()

@@ -5,12 +5,15 @@
 // are computed inside: exp() is a branch-free polynomial on GCC/Clang vector extensions, sized to the widest vectors
 // the target has (16 floats with AVX-512, 8 with AVX/AVX2, 4 otherwise). The work is cut into tiles of 64 steps; the
 // lane sums of a tile (the read-outs <h_t, C_t> and their gradients) are taken W steps at a time after its
-// recurrence, off the critical path. Plain C ABI, loaded with ctypes.
+// recurrence, off the critical path. Plain C ABI, loaded with ctypes: one argument, a `ScanArgs` struct of named
+// fields, mirrored field by field in hf_medmamba/kernels/cpu_scan.py (which checks its size and the ABI version).
 //
 // Two layouts share the code. Plain scans (mamba-ssm's selective_scan_fn semantics) store every sequence in step
-// order. SS2D scans store everything at pixel positions of an H x W grid and walk it in the four directions
-// (row-major, column-major, and both reversed) without reordered copies; u is shared by the four directions and y is
-// their sum. Arrays (float32, contiguous); n_pad is n rounded up to the vector width, zero-padded by the caller:
+// order. SS2D scans store everything at pixel positions of an H x W grid and walk it in four directions without
+// reordered copies; u is shared by the four directions and y is their sum. The walks are not computed here: the
+// caller passes hf_medmamba.scan_directions' tables (`walk[k * L + t]` = pixel of direction k at step t) and its
+// merge order (the order in which the four directions are added into y). Arrays (float32, contiguous); n_pad is n
+// rounded up to the vector width, zero-padded by the caller:
 //   u, y, du, dy              (b, lanes, L)    lanes = d (plain) or d / 4 (SS2D)
 //   delta, ddelta             (b, d, L)        the raw step size, before bias and softplus
 //   A                         (d, n_pad)       the negative real A
@@ -23,6 +26,8 @@
 //   dA_part                   (b, d, n_pad)    per-batch partials (the caller sums over b)
 //   dD_part, dbias_part       (b, d)           likewise
 //   dB_part, dC_part          (threads, b, g, L, bc_stride) per-thread partials (the caller sums over threads)
+
+#define HF_MEDMAMBA_SCAN_ABI_VERSION 5
 
 #include <cstdint>
 #include <cstring>
@@ -183,56 +188,35 @@ struct Problem {
   int64_t bc_stride;   // floats between the B (or C) vectors of consecutive steps
   int64_t lanes;       // channels of u and y: d for plain scans, d / 4 for SS2D (shared by its four directions)
   int64_t height, width;  // SS2D's grid (L = height * width); 0 for plain scans
+  const int64_t* walk;    // SS2D: (4, L) pixel of each direction at each step; null for plain scans
+  const int64_t* merge;   // SS2D: the four directions in the order they are added into y
   int64_t segments() const { return (L + kSegment - 1) / kSegment; }
   bool cross() const { return height > 0; }
 };
 
-// Where each step of a sequence lives. Plain sequences are stored in step order. SS2D's direction k walks an
-// H x W grid row-major (k = 0), column-major (1), or either one backwards (2, 3), and reads and writes at the pixel
-// position (row-major index) of each step, so the four directions need no reordered copies of their inputs.
+// Where each step of a sequence lives: plain sequences are stored in step order; SS2D's direction k reads and writes
+// at the pixel its walk table gives for each step, so the four directions need no reordered copies of their inputs.
 struct Walk {
-  int64_t L = 0, H = 0, W = 0;
-  bool column = false, reverse = false;
+  const int64_t* table = nullptr;  // null: step order
 
-  Walk(const Problem& p, int64_t c) : L(p.L) {
-    if (p.cross()) {
-      const int64_t k = c / p.lanes;
-      H = p.height;
-      W = p.width;
-      column = k % 2 == 1;
-      reverse = k >= 2;
-    }
+  Walk(const Problem& p, int64_t c) {
+    if (p.cross()) table = p.walk + (c / p.lanes) * p.L;
   }
 
   // Positions of steps t0 .. t0 + len - 1.
   void positions(int64_t t0, int64_t len, int64_t* pos) const {
-    const int64_t start = reverse ? L - 1 - t0 : t0;  // index in the direction's forward order
-    const int64_t step = reverse ? -1 : 1;
-    if (!column) {
-      for (int64_t i = 0; i < len; ++i) pos[i] = start + step * i;
-      return;
-    }
-    int64_t h = start % H, w = start / H;
-    for (int64_t i = 0; i < len; ++i) {
-      pos[i] = h * W + w;
-      if (reverse) {
-        if (h-- == 0) h = H - 1, --w;
-      } else if (++h == H) {
-        h = 0, ++w;
-      }
-    }
+    for (int64_t i = 0; i < len; ++i) pos[i] = table ? table[t0 + i] : t0 + i;
   }
 };
 
 // The channels one task handles, in order: one channel for plain scans; for SS2D the four directions of one
-// channel in upstream's summation order (row-major, reversed row-major, column-major, reversed column-major).
+// channel, in the merge order (the first writes y, the others add to it).
 inline int task_channels(const Problem& p, int64_t lane, int64_t* channels) {
   if (!p.cross()) {
     channels[0] = lane;
     return 1;
   }
-  const int64_t order[4] = {0, 2, 1, 3};
-  for (int i = 0; i < 4; ++i) channels[i] = order[i] * p.lanes + lane;
+  for (int i = 0; i < 4; ++i) channels[i] = p.merge[i] * p.lanes + lane;
   return 4;
 }
 
@@ -449,11 +433,17 @@ void backward_all(const Problem& p, const Grads& gr, int threads) {
 int vectors(const Problem& p) {
   if (p.b <= 0 || p.d <= 0 || p.L <= 0 || p.g <= 0 || p.d % p.g != 0 || p.n_pad <= 0 || p.n_pad % W != 0) return 0;
   if (p.bc_stride < p.n_pad || p.lanes <= 0 || p.d % p.lanes != 0) return 0;
-  if (p.cross() && (p.d != 4 * p.lanes || p.g != 4 || p.height * p.width != p.L)) return 0;
+  if (p.cross()) {
+    if (p.d != 4 * p.lanes || p.g != 4 || p.height * p.width != p.L || !p.walk || !p.merge) return 0;
+    bool seen[4] = {false, false, false, false};
+    for (int i = 0; i < 4; ++i) {
+      if (p.merge[i] < 0 || p.merge[i] > 3 || seen[p.merge[i]]) return 0;
+      seen[p.merge[i]] = true;
+    }
+  }
   const int64_t nv = p.n_pad / W;
   return nv <= kMaxVectors ? static_cast<int>(nv) : 0;
 }
-
 
 // Runs fn<NV, kHigh>() for the problem's vector count; returns 1 when the shapes cannot run here.
 template <template <int, bool> class Fn, typename... Args>
@@ -483,11 +473,38 @@ struct Backward {
   static void run(const Problem& p, const Grads* gr, int threads) { backward_all<NV, kHigh>(p, *gr, threads); }
 };
 
+// The one argument of both entry points. Field order and types are mirrored by hf_medmamba/kernels/cpu_scan.py.
+struct ScanArgs {
+  int64_t struct_size;  // sizeof(ScanArgs) as the caller sees it
+  int64_t b, d, L, n_pad, g, bc_stride;
+  int64_t height, width;  // SS2D's grid, or 0, 0 for plain scans
+  const int64_t* walk;    // SS2D: (4, L) scan_directions.scan_orders; null for plain scans
+  const int64_t* merge;   // SS2D: scan_directions.MERGE_ORDER (4 entries); null for plain scans
+  const float *u, *delta, *A, *B, *C, *D, *delta_bias;
+  int32_t softplus, nonpositive, threads, unused;
+  float *y, *last, *checkpoints;  // forward outputs (checkpoints: backward input)
+  const float *dy, *dlast;        // backward inputs
+  float *du, *ddelta, *dA_part, *dD_part, *dbias_part, *dB_part, *dC_part;  // backward outputs
+};
+
+Problem problem(const ScanArgs& a) {
+  Problem p{};
+  p.b = a.b, p.d = a.d, p.L = a.L, p.n_pad = a.n_pad, p.g = a.g;
+  p.u = a.u, p.delta = a.delta, p.A = a.A, p.B = a.B, p.C = a.C, p.D = a.D, p.bias = a.delta_bias;
+  p.softplus = a.softplus != 0;
+  p.bc_stride = a.bc_stride;
+  p.lanes = a.height > 0 ? a.d / 4 : a.d;
+  p.height = a.height, p.width = a.width, p.walk = a.walk, p.merge = a.merge;
+  return p;
+}
+
 }  // namespace
 
 extern "C" {
 
-int hf_medmamba_scan_api_version() { return 4; }
+int hf_medmamba_scan_abi_version() { return HF_MEDMAMBA_SCAN_ABI_VERSION; }
+
+int64_t hf_medmamba_scan_args_size() { return sizeof(ScanArgs); }
 
 int hf_medmamba_scan_vector_width() { return W; }
 
@@ -498,25 +515,17 @@ int hf_medmamba_scan_segment() { return kSegment; }
 // Plain scans: u, delta, y (b, d, L) in step order; B, C (b, g, L, bc_stride).
 // SS2D scans (height > 0): u and y (b, d / 4, L) shared by the four directions, y summed over them; delta (b, d, L),
 // B and C (b, 4, L, bc_stride), all at pixel positions (row-major, L = height * width).
-int hf_medmamba_scan_forward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, int64_t bc_stride,
-                             int64_t height, int64_t width, const float* u, const float* delta, const float* A,
-                             const float* B, const float* C, const float* D, const float* delta_bias, int softplus,
-                             int nonpositive, float* y, float* last, float* checkpoints, int threads) {
-  const int64_t lanes = height > 0 ? d / 4 : d;
-  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0, bc_stride, lanes, height, width};
-  return dispatch<Forward>(p, nonpositive != 0, y, last, checkpoints, threads);
+// Returns 0, 1 when the shapes cannot run here, 2 when the caller's ScanArgs has another size.
+int hf_medmamba_scan_forward(const ScanArgs* a) {
+  if (a->struct_size != static_cast<int64_t>(sizeof(ScanArgs))) return 2;
+  return dispatch<Forward>(problem(*a), a->nonpositive != 0, a->y, a->last, a->checkpoints, a->threads);
 }
 
-int hf_medmamba_scan_backward(int64_t b, int64_t d, int64_t L, int64_t n_pad, int64_t g, int64_t bc_stride,
-                              int64_t height, int64_t width, const float* u, const float* delta, const float* A,
-                              const float* B, const float* C, const float* D, const float* delta_bias, int softplus,
-                              int nonpositive, const float* dy, const float* dlast, const float* checkpoints,
-                              float* du, float* ddelta, float* dA_part, float* dD_part, float* dbias_part,
-                              float* dB_part, float* dC_part, int threads) {
-  const int64_t lanes = height > 0 ? d / 4 : d;
-  const Problem p{b, d, L, n_pad, g, u, delta, A, B, C, D, delta_bias, softplus != 0, bc_stride, lanes, height, width};
-  const Grads gr{dy, dlast, checkpoints, du, ddelta, dA_part, dD_part, dbias_part, dB_part, dC_part};
-  return dispatch<Backward>(p, nonpositive != 0, &gr, threads);
+int hf_medmamba_scan_backward(const ScanArgs* a) {
+  if (a->struct_size != static_cast<int64_t>(sizeof(ScanArgs))) return 2;
+  const Grads gr{a->dy, a->dlast, a->checkpoints, a->du, a->ddelta, a->dA_part, a->dD_part, a->dbias_part,
+                 a->dB_part, a->dC_part};
+  return dispatch<Backward>(problem(*a), a->nonpositive != 0, &gr, a->threads);
 }
 
 }  // extern "C"
