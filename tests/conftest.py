@@ -96,3 +96,63 @@ def busi_cls_images(split="train", per_class=2):
                 images.append(image.copy())
             labels.append(index)
     return images, labels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Selective-scan inputs shared by the scan tests
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def make_inputs(b, d, L, n, g, dtype=torch.float32, dt_scale=1.0, a_scale=1.0, grouped=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    inputs = {
+        "u": rand(b, d, L),
+        "delta": rand(b, d, L) * dt_scale,
+        "A": -torch.exp(rand(d, n)) * a_scale,
+        "B": rand(b, g, n, L) if grouped else rand(b, n, L),
+        "C": rand(b, g, n, L) if grouped else rand(b, n, L),
+        "D": rand(d),
+        "z": rand(b, d, L),
+        "delta_bias": rand(d) * 0.5,
+    }
+    return {k: v.to(dtype) for k, v in inputs.items()}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+OPTIONS = [
+    {"D": True, "z": False, "delta_bias": True, "delta_softplus": True},  # how SS2D calls it
+    {"D": False, "z": True, "delta_bias": False, "delta_softplus": False},
+    {"D": True, "z": True, "delta_bias": True, "delta_softplus": True},
+]
+
+
+def call(fn, inp, opts, **kw):
+    """``fn`` (`selective_scan` or a function with its signature) on the inputs of `make_inputs` with the options
+    ``opts``. Without softplus the step sizes are made positive, as Mamba's callers do (negative ones explode)."""
+    delta = inp["delta"] if opts["delta_softplus"] else torch.nn.functional.softplus(inp["delta"])
+    return fn(
+        inp["u"],
+        delta,
+        inp["A"],
+        inp["B"],
+        inp["C"],
+        D=inp["D"] if opts["D"] else None,
+        z=inp["z"] if opts["z"] else None,
+        delta_bias=inp["delta_bias"] if opts["delta_bias"] else None,
+        delta_softplus=opts["delta_softplus"],
+        **kw,
+    )
+
+
+def pixel_orders(H, W):
+    """The four scan orders written out as lists of (h, w), straight from the definition."""
+    row_major = [(h, w) for h in range(H) for w in range(W)]
+    col_major = [(h, w) for w in range(W) for h in range(H)]
+    return [row_major, col_major, row_major[::-1], col_major[::-1]]

@@ -26,20 +26,16 @@ from hf_medmamba import (
     VMUNetForSegmentation,
     VMUNetImageProcessor,
 )
-from hf_medmamba import selective_scan as ss
 from hf_medmamba.export import (
     ExportError,
     example_input,
     export_onnx,
     export_program,
     onnx_session,
-    use_scan_backend,
     verify_onnx,
 )
-from hf_medmamba.ss2d import SS2D
 
 from .conftest import busi_cls_images, data_path
-from .test_selective_scan import OPTIONS, call, make_inputs
 
 
 pytestmark = pytest.mark.export
@@ -65,7 +61,7 @@ def tiny_vmamba():
 
 
 def scan_backends(model):
-    return {model.config.scan_backend} | {m.scan_backend for m in model.modules() if isinstance(m, SS2D)}
+    return {model.config.scan_backend}
 
 
 def op_types(path):
@@ -81,60 +77,6 @@ def op_types(path):
 
     visit(onnx.load(str(path)).graph)
     return counts
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The export scan backend on its own (eager)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_export_scan_through_the_dispatch_and_cross_scan():
-    inp = make_inputs(2, 8, 20, 4, 2)
-    expected = call(ss.selective_scan_reference, inp, OPTIONS[0])
-    torch.testing.assert_close(call(ss.selective_scan, inp, OPTIONS[0], backend="export"), expected)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert call(ss.selective_scan, inp, OPTIONS[0], backend="export").dtype == torch.float32
-
-    gen = torch.Generator().manual_seed(0)
-    b, E, n, h, w = 2, 6, 4, 5, 7  # a non-square grid: the column-major orders must be right
-    args = (
-        torch.randn(b, E, h * w, generator=gen),
-        torch.randn(b, 4 * E, h * w, generator=gen),
-        -torch.rand(4 * E, n, generator=gen) - 0.5,
-        torch.randn(b, 4, n, h * w, generator=gen),
-        torch.randn(b, 4, n, h * w, generator=gen),
-        torch.randn(4 * E, generator=gen),
-        torch.randn(4 * E, generator=gen),
-        h,
-        w,
-    )
-    torch.testing.assert_close(
-        ss.cross_selective_scan(*args, backend="export"), ss.cross_selective_scan(*args, backend="reference")
-    )
-
-
-def test_export_softplus_matches_torch():
-    """The export backend's softplus (Goldberg's log1p, for onnxruntime) equals F.softplus to a few ulp."""
-    x = torch.cat([torch.linspace(-85, 60, 100_001), torch.tensor([0.0, 20.0, -20.0, 1e-8, -1e-8])])
-    exact = torch.nn.functional.softplus(x.double())
-    assert ((ss._softplus(x).double() - exact).abs() / exact).max() <= 4e-7
-    assert ((ss._softplus(x.double()) - exact).abs() / exact).max() <= 1e-14
-    leaf = x.clone().requires_grad_()
-    ss._softplus(leaf).sum().backward()
-    torch.testing.assert_close(leaf.grad, torch.sigmoid(x), rtol=0, atol=1e-5)
-
-
-def test_export_backend_resolution(monkeypatch):
-    assert "export" in ss.SCAN_BACKENDS
-    assert ss.resolve_scan_backend("export", "cpu") == "export"
-    assert ss.resolve_scan_backend("export", "cuda") == "export"  # pure PyTorch: any device
-    assert ss.resolve_scan_backend("auto", "cpu") != "export"  # the runtime paths are unchanged
-    monkeypatch.setattr(torch.compiler, "_is_exporting_flag", True)  # as inside torch.export
-    assert ss.resolve_scan_backend("auto", "cpu") == "export"
-    assert ss.resolve_scan_backend("chunked", "cpu") == "chunked"
-    for forced in ("cpu_kernel", "mamba_ssm"):
-        with pytest.raises(RuntimeError, match="cannot be exported"):
-            ss.resolve_scan_backend(forced, "cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,16 +251,6 @@ def test_onnx_with_a_dynamic_image_size(tmp_path):
     for batch, size in ((1, 64), (2, (96, 128)), (1, 32)):
         check = verify_onnx(path, model, example_input(model, size, batch, seed=batch))
         assert check.ok, check.summary()
-
-
-@pytest.mark.slow
-def test_use_scan_backend_restores_mixed_backends():
-    model = tiny_medmamba()
-    first = next(m for m in model.modules() if isinstance(m, SS2D))
-    first.scan_backend = "reference"
-    with use_scan_backend(model):
-        assert scan_backends(model) == {"export"}
-    assert first.scan_backend == "reference" and model.config.scan_backend == "auto"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_freshly_saved_folders_pass_the_scan(folders, kind):
     assert set(report.files) == REMOTE_FILES[kind]  # exactly the model / configuration / processing / scan files
     assert set(report.files) <= remote_code_files() and not set(report.files) & set(NOT_REMOTE_CODE)
     notes = " ".join(report.notes)
-    assert "hf_medmamba.cpu_scan" in notes and "cpu_scan.py" in notes and "not among the shipped files" in notes
+    assert "hf_medmamba.kernels" in notes and "not among the shipped files" in notes
     assert "mamba_ssm" in notes
     assert "passed" in report.format()
 
@@ -98,7 +98,7 @@ BAD_CODE = [
     ("print('loading weights')\n", "import-time side effect: module-level Expr"),
     ("SECRET = open('/etc/hostname').read()\n", "module-level assignment runs code at import"),
     ("for _ in range(3):\n    pass\n", "import-time side effect: module-level For"),
-    ("from hf_medmamba import cpu_scan\n", "without a guard"),
+    ("from hf_medmamba.kernels import cpu_scan\n", "without a guard"),
     ("from .missing_module import helper\n", "imports .missing_module, which is not in the folder"),
 ]
 
@@ -130,16 +130,15 @@ def test_guarded_and_lazy_imports_and_constants_pass(folders, tmp_path):
 
 def test_package_modules_that_are_not_remote_code_are_refused(folders, tmp_path):
     folder = copy_of(folders["vmunet"], tmp_path)
-    for name in ("convert.py", "cpu_scan.py", "hub.py"):
+    for name in ("convert.py", "hub.py"):
         shutil.copy(REPO / "hf_medmamba" / name, folder / name)
     (folder / "extra_module.py").write_text('"""Nothing."""\n')
     report = scan_remote_code(folder)
     problems = {file: message for file, _, message in report.problems}
     assert "checkpoint converters" in problems["convert.py"] and "not remote code" in problems["convert.py"]
-    assert "compiled CPU-kernel loader" in problems["cpu_scan.py"]
     assert "Hub tooling" in problems["hub.py"]
     assert "not one of hf_medmamba's remote-code files" in problems["extra_module.py"]
-    assert scan_remote_code(folder, strict_files=False).problems != []  # convert/cpu_scan/hub stay refused
+    assert scan_remote_code(folder, strict_files=False).problems != []  # convert/hub stay refused
 
 
 def test_auto_map_must_point_to_shipped_files(folders, tmp_path):

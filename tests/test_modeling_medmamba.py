@@ -1,15 +1,15 @@
-import copy
 import math
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, MedMambaImageProcessor, MedMambaModel
 from hf_medmamba.convert import MEDMAMBA_PREFIXES, map_prefixes
 
 from .conftest import MEDMAMBA_CASES, busi_cls_images, key_list, upstream_case, upstream_case_kwargs
+from .model_tester import SSMModelTesterMixin
 
 
 LABELS = {0: "benign", 1: "malignant", 2: "normal"}
@@ -71,41 +71,16 @@ def test_unknown_upstream_keys_are_refused():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_output_shapes_and_hidden_states(model):
+def test_output_types_and_pooling(model):
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 96), output_hidden_states=True)
+        out = model(torch.randn(2, 3, 64, 96))
     assert isinstance(out, ImageClassifierOutputWithNoAttention)
     assert out.logits.shape == (2, 3)
-    assert [tuple(h.shape) for h in out.hidden_states] == [
-        (2, 16, 16, 24),  # patch embedding
-        (2, 32, 8, 12),  # stage outputs after merging
-        (2, 64, 4, 6),
-        (2, 128, 2, 3),
-        (2, 128, 2, 3),  # last stage: no merging
-    ]
     with torch.no_grad():
         base = model.medmamba(torch.randn(1, 3, 32, 32))
     assert base.last_hidden_state.shape == (1, 128, 1, 1)
     assert base.pooler_output.shape == (1, 128)
     assert base.hidden_states is None
-
-
-def test_return_dict_false_gives_a_tuple(model):
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        as_tuple = model(x, labels=torch.tensor([1]), return_dict=False)
-        as_output = model(x, labels=torch.tensor([1]))
-    assert isinstance(as_tuple, tuple)
-    torch.testing.assert_close(as_tuple[0], as_output.loss)
-    torch.testing.assert_close(as_tuple[1], as_output.logits)
-
-
-def test_batched_equals_one_by_one(model):
-    x = torch.randn(3, 3, 64, 64)
-    with torch.no_grad():
-        batched = model(x).logits
-        single = torch.cat([model(x[i : i + 1]).logits for i in range(3)])
-    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_channels", [1, 4])
@@ -120,36 +95,6 @@ def test_any_number_of_labels():
         model = MedMambaForImageClassification(tiny_config(id2label={i: str(i) for i in range(n)})).eval()
         with torch.no_grad():
             assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, n)
-
-
-def test_save_load_round_trip_is_exact(model, tmp_path):
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists()
-    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
-    assert isinstance(loaded, MedMambaForImageClassification)
-    assert loaded.config.id2label == LABELS
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(model(x).logits, loaded(x).logits)
-    base = AutoModel.from_pretrained(tmp_path)
-    assert isinstance(base, MedMambaModel)
-    with torch.no_grad():
-        torch.testing.assert_close(base(x).pooler_output, model.medmamba(x).pooler_output, rtol=0, atol=0)
-
-
-def test_bfloat16_loading_and_autocast(model, tmp_path):
-    model.save_pretrained(tmp_path)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        expected = model(x).logits
-        bf16 = MedMambaForImageClassification.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
-        assert bf16.head.weight.dtype == torch.bfloat16
-        out = bf16(x).logits  # float32 input is cast to the model's dtype
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            auto = model(x).logits
-    for logits in (out, auto):
-        assert torch.isfinite(logits).all()
-        torch.testing.assert_close(logits.float(), expected, rtol=0.1, atol=0.1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -197,23 +142,6 @@ def test_problem_type_is_inferred_like_transformers():
     model = MedMambaForImageClassification(tiny_config())
     model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1]))
     assert model.config.problem_type == "single_label_classification"
-
-
-def test_gradient_checkpointing_gives_the_same_gradients():
-    torch.manual_seed(0)
-    model = MedMambaForImageClassification(tiny_config()).train()
-    checkpointed = copy.deepcopy(model)
-    # transformers >= 5.2x calls it activation checkpointing; older 5.x releases only have the gradient_* names
-    enable = (
-        getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
-    )
-    enable()
-    assert all(block.gradient_checkpointing for stage in checkpointed.medmamba.layers for block in stage.blocks)
-    x, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
-    for m in (model, checkpointed):
-        m(x, labels=labels).loss.backward()
-    for (name, p), q in zip(model.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -274,3 +202,21 @@ def test_corrupt_weights_file_gives_a_clear_error(model, tmp_path, damage):
     weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a safetensors file")
     with pytest.raises(OSError, match="corrupt or truncated"):
         AutoModelForImageClassification.from_pretrained(tmp_path)
+
+
+class TestMedMamba(SSMModelTesterMixin):
+    base_class = MedMambaModel
+    head_class = MedMambaForImageClassification
+    auto_head_class = AutoModelForImageClassification
+
+    def make_config(self, **overrides):
+        return tiny_config(**overrides)
+
+    def make_labels(self, config, batch, generator):
+        return torch.randint(0, config.num_labels, (batch,), generator=generator)
+
+    def expected_hidden_state_shapes(self, config, batch, height, width):
+        """The patch embedding, then every stage after its merging (the last stage has none)."""
+        dims, sizes = config.dims, [(height // 4 // 2**i, width // 4 // 2**i) for i in range(4)]
+        merged = [(batch, dims[min(i + 1, 3)], *sizes[min(i + 1, 3)]) for i in range(4)]
+        return [(batch, dims[0], *sizes[0]), *merged]

@@ -1,16 +1,13 @@
-import copy
-
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSemanticSegmentation, pipeline
+from transformers import AutoModelForSemanticSegmentation, pipeline
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from hf_medmamba import (
     VMambaConfig,
     VMambaForImageClassification,
-    VMambaModel,
     VMUNetConfig,
     VMUNetForSegmentation,
     VMUNetImageProcessor,
@@ -20,6 +17,7 @@ from hf_medmamba.convert import VMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes
 from hf_medmamba.losses import bce_dice_loss, ce_dice_loss
 
 from .conftest import VMUNET_CASES, data_path, key_list, upstream_case, upstream_case_kwargs
+from .model_tester import SSMModelTesterMixin
 
 
 BINARY = {0: "background", 1: "lesion"}
@@ -132,13 +130,6 @@ def test_preset_parameter_counts(preset, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
-def test_vmamba_s_parameter_count():
-    with torch.device("meta"):
-        model = VMambaForImageClassification(VMambaConfig.from_preset("vmamba-s"))
-    assert sum(p.numel() for p in model.parameters()) == 44_417_416
-    assert model.config.drop_path_rate == 0.3
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------------------------
@@ -165,27 +156,6 @@ def test_padding_does_not_change_the_multiple_of_32_case(model):
     torch.testing.assert_close(odd, manual)
 
 
-def test_hidden_states(model):
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, 64, 96), output_hidden_states=True)
-    shapes = [tuple(h.shape) for h in out.hidden_states]
-    assert shapes == [
-        (1, 16, 16, 24),  # e0
-        (1, 32, 8, 12),  # e1..e4 (after merging)
-        (1, 64, 4, 6),
-        (1, 128, 2, 3),
-        (1, 128, 2, 3),
-        (1, 128, 2, 3),  # d0..d3
-        (1, 64, 4, 6),
-        (1, 32, 8, 12),
-        (1, 16, 16, 24),
-    ]
-    base = VMUNetModel(tiny_config()).eval()
-    with torch.no_grad():
-        features = base(torch.randn(1, 3, 64, 64)).last_hidden_state
-    assert features.shape == (1, 4, 64, 64)
-
-
 def test_one_channel_input_is_repeated_to_three():
     model = VMUNetForSegmentation(tiny_config(num_channels=1)).eval()
     three = VMUNetForSegmentation(tiny_config()).eval()
@@ -193,24 +163,6 @@ def test_one_channel_input_is_repeated_to_three():
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, three(x.repeat(1, 3, 1, 1)).logits)
-
-
-def test_batched_equals_one_by_one(model):
-    x = torch.randn(3, 3, 64, 64)
-    with torch.no_grad():
-        batched = model(x).logits
-        single = torch.cat([model(x[i : i + 1]).logits for i in range(3)])
-    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
-
-
-def test_save_load_round_trip(model, tmp_path):
-    model.save_pretrained(tmp_path)
-    loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
-    assert isinstance(loaded, VMUNetForSegmentation)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(model(x).logits, loaded(x).logits)
-    assert isinstance(AutoModel.from_pretrained(tmp_path), VMUNetModel)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -280,20 +232,6 @@ def test_multi_organ_ct():
     maps = VMUNetImageProcessor().post_process_semantic_segmentation(out, target_sizes=[(101, 122)] * 4)
     assert maps[0].shape == (101, 122)
     assert maps[0].max() <= 8
-
-
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = VMUNetForSegmentation(tiny_config()).train()
-    checkpointed = copy.deepcopy(model)
-    enable = (
-        getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
-    )
-    enable()
-    batch = busi_seg("train", 2)
-    for m in (model, checkpointed):
-        m(**batch).loss.backward()
-    for (name, p), q in zip(model.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -384,34 +322,28 @@ def test_bad_pixel_values(model):
         model(torch.randn(1, 3, 16, 64))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# VMamba v0 classifier
-# ---------------------------------------------------------------------------------------------------------------------
+class TestVMUNet(SSMModelTesterMixin):
+    base_class = VMUNetModel
+    head_class = VMUNetForSegmentation
+    auto_head_class = AutoModelForSemanticSegmentation
+    input_size = (64, 96)
 
+    def make_config(self, **overrides):
+        return tiny_config(**overrides)
 
-def test_vmamba_classifier():
-    config = VMambaConfig(depths=[1, 1, 1, 1], dims=16, num_labels=5)
-    model = VMambaForImageClassification(config).eval()
-    with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 64), labels=torch.tensor([1, 4]), output_hidden_states=True)
-    assert out.logits.shape == (2, 5)
-    assert len(out.hidden_states) == 5
-    assert out.loss is not None
-    base = VMambaModel(config).eval()
-    with torch.no_grad():
-        pooled = base(torch.randn(1, 3, 32, 32)).pooler_output
-    assert pooled.shape == (1, 128)
+    def make_labels(self, config, batch, generator):
+        return torch.randint(0, config.num_labels, (batch, *self.input_size), generator=generator)
 
+    def expected_hidden_state_shapes(self, config, batch, height, width):
+        """Encoder: the patch embedding and every stage after its merging; decoder: its stages, deepest first."""
+        dims, sizes = config.dims, [(height // 4 // 2**i, width // 4 // 2**i) for i in range(4)]
+        encoder = [(batch, dims[0], *sizes[0])] + [
+            (batch, dims[min(i + 1, 3)], *sizes[min(i + 1, 3)]) for i in range(4)
+        ]
+        decoder = [(batch, dims[3 - i], *sizes[3 - i]) for i in range(4)]
+        return encoder + decoder
 
-def test_vmamba_encoder_is_vmunets():
-    """The same VMamba weights give the same encoder features inside VMamba and inside VM-UNet."""
-    vmamba = VMambaModel(VMambaConfig(depths=[1, 1, 1, 1], dims=16)).eval()
-    vmunet = VMUNetModel(tiny_config()).eval()
-    missing = vmunet.load_state_dict(vmamba.state_dict(), strict=False)
-    assert missing.unexpected_keys == ["norm.weight", "norm.bias"]
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        a = vmamba(x, output_hidden_states=True).hidden_states
-        b = vmunet(x, output_hidden_states=True).encoder_hidden_states
-    for u, v in zip(a, b):
-        torch.testing.assert_close(u, v)
+    def test_base_model_features_are_full_resolution(self):
+        with torch.no_grad():
+            features = self.make_model(VMUNetModel)(torch.randn(1, 3, 64, 64)).last_hidden_state
+        assert features.shape == (1, 4, 64, 64)  # dims[0] / patch_size channels at the input size

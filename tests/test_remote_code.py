@@ -35,6 +35,13 @@ SHARED_FILES = {
     "modeling_common.py",
     "ss2d.py",
     "selective_scan.py",
+    "scan_backends.py",
+    "scan_common.py",
+    "scan_directions.py",
+    "scan_reference.py",
+    "scan_chunked.py",
+    "scan_export.py",
+    "scan_kernels.py",
     "vss_layers.py",
     "validation.py",
 }

@@ -1,34 +1,23 @@
+import functools
 import sys
 import types
 
 import pytest
 import torch
 
+from hf_medmamba import scan_chunked, scan_kernels
 from hf_medmamba import selective_scan as ss
+from hf_medmamba.scan_backends import SCAN_BACKEND_ENV
+
+from .conftest import OPTIONS, call, make_inputs, rel_err
 
 
-def make_inputs(b, d, L, n, g, dtype=torch.float32, dt_scale=1.0, a_scale=1.0, grouped=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-    inputs = {
-        "u": rand(b, d, L),
-        "delta": rand(b, d, L) * dt_scale,
-        "A": -torch.exp(rand(d, n)) * a_scale,
-        "B": rand(b, g, n, L) if grouped else rand(b, n, L),
-        "C": rand(b, g, n, L) if grouped else rand(b, n, L),
-        "D": rand(d),
-        "z": rand(b, d, L),
-        "delta_bias": rand(d) * 0.5,
-    }
-    return {k: v.to(dtype) for k, v in inputs.items()}
+def backend_scan(backend):
+    """`selective_scan` forced onto ``backend``."""
+    return functools.partial(ss.selective_scan, backend=backend)
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
-
+REFERENCE, CHUNKED = backend_scan("reference"), backend_scan("chunked")
 
 SHAPES = [
     # (b, d, L, n, g): L = 1, L < T of a single chunk, L not a multiple of the chunk length, several groups
@@ -39,40 +28,17 @@ SHAPES = [
     (3, 6, 64, 5, 3),
 ]
 
-OPTIONS = [
-    {"D": True, "z": False, "delta_bias": True, "delta_softplus": True},  # how SS2D calls it
-    {"D": False, "z": True, "delta_bias": False, "delta_softplus": False},
-    {"D": True, "z": True, "delta_bias": True, "delta_softplus": True},
-]
-
-
-def call(fn, inp, opts, **kw):
-    # Without softplus the caller must pass positive step sizes (as Mamba does); negative ones make the scan explode.
-    delta = inp["delta"] if opts["delta_softplus"] else torch.nn.functional.softplus(inp["delta"])
-    return fn(
-        inp["u"],
-        delta,
-        inp["A"],
-        inp["B"],
-        inp["C"],
-        D=inp["D"] if opts["D"] else None,
-        z=inp["z"] if opts["z"] else None,
-        delta_bias=inp["delta_bias"] if opts["delta_bias"] else None,
-        delta_softplus=opts["delta_softplus"],
-        **kw,
-    )
-
 
 @pytest.mark.parametrize("backend", ["chunked", "export"])  # the two pure-PyTorch fast formulations
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("opts", OPTIONS)
 @pytest.mark.parametrize("dt_scale", [1.0, 12.0])  # 12: softplus saturates, dt reaches ~40 and exp(dt A) underflows
 def test_fast_scans_equal_reference_equal_float64(backend, shape, opts, dt_scale):
-    scan = {"chunked": ss.selective_scan_chunked, "export": ss.selective_scan_export}[backend]
+    scan = backend_scan(backend)
     inp64 = make_inputs(*shape, dtype=torch.float64, dt_scale=dt_scale)
     inp32 = {k: v.float() for k, v in inp64.items()}
-    exact, exact_last = call(ss.selective_scan_reference, inp64, opts, return_last_state=True)
-    ref, _ = call(ss.selective_scan_reference, inp32, opts, return_last_state=True)
+    exact, exact_last = call(REFERENCE, inp64, opts, return_last_state=True)
+    ref, _ = call(REFERENCE, inp32, opts, return_last_state=True)
     y, last = call(scan, inp32, opts, return_last_state=True)
     assert y.dtype == torch.float32 and y.shape == inp32["u"].shape
     assert last.shape == (shape[0], shape[1], shape[3])
@@ -87,11 +53,11 @@ def test_fast_scans_equal_reference_equal_float64(backend, shape, opts, dt_scale
 @pytest.mark.parametrize("block_elements", [1, 300, 10**9])
 def test_chunked_block_sizes(monkeypatch, block_elements):
     """One step per block, a partial last block, and whole chunks in one block all give the same result."""
-    monkeypatch.setattr(ss, "_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(scan_chunked, "_BLOCK_ELEMENTS", block_elements)
     inp = make_inputs(2, 8, 83, 4, 2, dtype=torch.float64)
     opts = OPTIONS[2]
-    ref, ref_last = call(ss.selective_scan_reference, inp, opts, return_last_state=True)
-    chk, chk_last = call(ss.selective_scan_chunked, inp, opts, return_last_state=True)
+    ref, ref_last = call(REFERENCE, inp, opts, return_last_state=True)
+    chk, chk_last = call(CHUNKED, inp, opts, return_last_state=True)
     assert rel_err(chk, ref) <= 1e-12
     assert rel_err(chk_last, ref_last) <= 1e-12
 
@@ -99,7 +65,7 @@ def test_chunked_block_sizes(monkeypatch, block_elements):
 def test_ungrouped_B_C_match_grouped_with_one_group():
     inp = make_inputs(2, 6, 20, 3, 1)
     ungrouped = dict(inp, B=inp["B"][:, 0], C=inp["C"][:, 0])
-    for fn in (ss.selective_scan_reference, ss.selective_scan_chunked):
+    for fn in (REFERENCE, CHUNKED):
         assert torch.equal(call(fn, inp, OPTIONS[0]), call(fn, ungrouped, OPTIONS[0]))
 
 
@@ -107,9 +73,7 @@ def test_last_state_ends_the_recurrence():
     """Running the second half from the first half's last state is not possible through the API (h0 = 0), so check
     the last state against the definition: y_L - D u_L = <h_L, C_L>."""
     inp = make_inputs(1, 4, 37, 3, 1, dtype=torch.float64)
-    y, last = ss.selective_scan_chunked(
-        inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], D=inp["D"], return_last_state=True
-    )
+    y, last = CHUNKED(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], D=inp["D"], return_last_state=True)
     readout = (last * inp["C"][:, 0, :, -1].unsqueeze(1)).sum(-1)
     torch.testing.assert_close(readout, y[..., -1] - inp["D"] * inp["u"][..., -1])
 
@@ -122,7 +86,7 @@ def test_gradcheck_float64(shape):
 
     def fn(*t):
         kw = dict(zip(names, t))
-        y, last = ss.selective_scan_chunked(
+        y, last = CHUNKED(
             kw["u"],
             kw["delta"],
             kw["A"],
@@ -145,7 +109,7 @@ def test_chunked_backward_matches_reference_autograd_fp32(shape, dt_scale):
     inp = make_inputs(*shape, dt_scale=dt_scale)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     grads = []
-    for fn in (ss.selective_scan_reference, ss.selective_scan_chunked):
+    for fn in (REFERENCE, CHUNKED):
         leaves = {k: inp[k].clone().requires_grad_() for k in names}
         y, last = fn(
             leaves["u"],
@@ -169,15 +133,15 @@ def test_chunked_backward_matches_reference_autograd_fp32(shape, dt_scale):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_are_computed_in_float32(dtype):
     inp = {k: v.to(dtype) for k, v in make_inputs(2, 8, 40, 4, 2).items()}
-    y = call(ss.selective_scan_chunked, inp, OPTIONS[0])
+    y = call(CHUNKED, inp, OPTIONS[0])
     assert y.dtype == dtype
-    expected = call(ss.selective_scan_reference, {k: v.float() for k, v in inp.items()}, OPTIONS[0]).to(dtype)
+    expected = call(REFERENCE, {k: v.float() for k, v in inp.items()}, OPTIONS[0]).to(dtype)
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
 
 
 def test_float64_is_kept():
     inp = make_inputs(1, 4, 9, 2, 1, dtype=torch.float64)
-    assert call(ss.selective_scan_chunked, inp, OPTIONS[0]).dtype == torch.float64
+    assert call(CHUNKED, inp, OPTIONS[0]).dtype == torch.float64
 
 
 def test_dispatch_runs_under_autocast_in_float32():
@@ -185,7 +149,7 @@ def test_dispatch_runs_under_autocast_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = call(ss.selective_scan, inp, OPTIONS[0], backend="chunked")
     assert y.dtype == torch.float32
-    torch.testing.assert_close(y, call(ss.selective_scan_reference, inp, OPTIONS[0]))
+    torch.testing.assert_close(y, call(REFERENCE, inp, OPTIONS[0]))
 
 
 @pytest.mark.parametrize(
@@ -203,7 +167,7 @@ def test_dispatch_runs_under_autocast_in_float32():
 def test_bad_shapes_raise_clear_errors(change, message):
     inp = dict(make_inputs(2, 8, 10, 4, 2), **change)
     with pytest.raises(ValueError, match=message):
-        call(ss.selective_scan_chunked, inp, OPTIONS[0])
+        call(CHUNKED, inp, OPTIONS[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,24 +192,24 @@ def fake_mamba_ssm(monkeypatch):
     modules["mamba_ssm.ops.selective_scan_interface"].selective_scan_fn = selective_scan_fn
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    ss._mamba_ssm_kernel.cache_clear()
+    scan_kernels.mamba_ssm_kernel.cache_clear()
     yield calls
-    ss._mamba_ssm_kernel.cache_clear()
+    scan_kernels.mamba_ssm_kernel.cache_clear()
 
 
 @pytest.fixture
 def no_mamba_ssm(monkeypatch):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # makes `import mamba_ssm` raise ImportError
-    ss._mamba_ssm_kernel.cache_clear()
+    scan_kernels.mamba_ssm_kernel.cache_clear()
     yield
-    ss._mamba_ssm_kernel.cache_clear()
+    scan_kernels.mamba_ssm_kernel.cache_clear()
 
 
 def test_auto_never_calls_mamba_ssm_for_cpu_tensors(fake_mamba_ssm):
     inp = make_inputs(1, 8, 16, 4, 2)
     y = call(ss.selective_scan, inp, OPTIONS[0])  # backend="auto"
     assert fake_mamba_ssm == []
-    torch.testing.assert_close(y, call(ss.selective_scan_reference, inp, OPTIONS[0]))
+    torch.testing.assert_close(y, call(REFERENCE, inp, OPTIONS[0]))
     assert ss.resolve_scan_backend("auto", "cpu") in ("chunked", "cpu_kernel")
 
 
@@ -271,13 +235,13 @@ def test_forcing_mamba_ssm_without_the_package_raises(no_mamba_ssm):
 
 
 def test_environment_variable_sets_the_auto_backend(monkeypatch):
-    monkeypatch.setenv(ss.SCAN_BACKEND_ENV, "reference")
+    monkeypatch.setenv(SCAN_BACKEND_ENV, "reference")
     assert ss.resolve_scan_backend("auto", "cpu") == "reference"
     assert ss.resolve_scan_backend("chunked", "cpu") == "chunked"  # an explicit choice wins
-    monkeypatch.setenv(ss.SCAN_BACKEND_ENV, "mamba_ssm")
-    with pytest.raises(RuntimeError, match=ss.SCAN_BACKEND_ENV):
+    monkeypatch.setenv(SCAN_BACKEND_ENV, "mamba_ssm")
+    with pytest.raises(RuntimeError, match=SCAN_BACKEND_ENV):
         ss.resolve_scan_backend("auto", "cpu")
-    monkeypatch.setenv(ss.SCAN_BACKEND_ENV, "fastest")
+    monkeypatch.setenv(SCAN_BACKEND_ENV, "fastest")
     with pytest.raises(ValueError, match="Unknown scan backend 'fastest'"):
         ss.resolve_scan_backend("auto", "cpu")
 
@@ -290,9 +254,9 @@ def test_unknown_backend_raises():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["chunked", "mamba_ssm"])
 def test_cuda_backends_match_reference(backend):
-    if backend == "mamba_ssm" and ss._mamba_ssm_kernel() is None:
+    if backend == "mamba_ssm" and scan_kernels.mamba_ssm_kernel() is None:
         pytest.skip("mamba_ssm is not installed on this GPU host")
     inp = {k: v.cuda() for k, v in make_inputs(2, 64, 300, 16, 4).items()}
     y = call(ss.selective_scan, inp, OPTIONS[0], backend=backend)
-    expected = call(ss.selective_scan_reference, {k: v.cpu().double() for k, v in inp.items()}, OPTIONS[0])
+    expected = call(REFERENCE, {k: v.cpu().double() for k, v in inp.items()}, OPTIONS[0])
     assert rel_err(y.cpu(), expected) <= 1e-4

@@ -2,17 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_medmamba.selective_scan import cross_merge, cross_scan, selective_scan_reference
+from hf_medmamba import MedMambaConfig
+from hf_medmamba.selective_scan import selective_scan
 from hf_medmamba.ss2d import SS2D
 
-from .conftest import key_list
+from .conftest import key_list, pixel_orders
 
 
-def pixel_orders(H, W):
-    """The four scan orders written out as lists of (h, w), straight from the definition."""
-    row_major = [(h, w) for h in range(H) for w in range(W)]
-    col_major = [(h, w) for w in range(W) for h in range(H)]
-    return [row_major, col_major, row_major[::-1], col_major[::-1]]
+def ss2d(d_model=8, **settings):
+    """An SS2D with the SSM settings of a config built from ``settings`` (default d_state 4)."""
+    return SS2D(MedMambaConfig(**{"d_state": 4, **settings}), d_model)
 
 
 def perturb(module, seed=0):
@@ -35,7 +34,7 @@ def direct_direction(module, x, k):
     dt, Bs, Cs = x_dbl.split([R, N, N], dim=1)
     dt = torch.einsum("er,brl->bel", module.dt_projs_weight[k].double(), dt)
     rows = slice(k * E, (k + 1) * E)
-    y = selective_scan_reference(
+    y = selective_scan(
         seq,
         dt,
         -torch.exp(module.A_logs[rows].double()),
@@ -44,6 +43,7 @@ def direct_direction(module, x, k):
         D=module.Ds[rows].double(),
         delta_bias=module.dt_projs_bias[k].double(),
         delta_softplus=True,
+        backend="reference",
     )
     out = torch.zeros(B, E, H, W, dtype=torch.float64)
     for idx, (h, w) in enumerate(order):
@@ -51,31 +51,11 @@ def direct_direction(module, x, k):
     return out.flatten(2)
 
 
-@pytest.mark.parametrize(("H", "W"), [(5, 7), (6, 3), (4, 4)])
-def test_cross_scan_orders(H, W):
-    x = torch.randn(2, 3, H, W)
-    xs = cross_scan(x)
-    for k, order in enumerate(pixel_orders(H, W)):
-        expected = torch.stack([x[:, :, h, w] for h, w in order], dim=-1)
-        assert torch.equal(xs[:, k], expected), f"direction {k}"
-
-
-@pytest.mark.parametrize(("H", "W"), [(5, 7), (6, 3)])
-def test_cross_merge_puts_every_direction_back(H, W):
-    ys = torch.randn(2, 4, 3, H * W)
-    merged = cross_merge(ys, H, W).view(2, 3, H, W)
-    expected = torch.zeros(2, 3, H, W)
-    for k, order in enumerate(pixel_orders(H, W)):
-        for idx, (h, w) in enumerate(order):
-            expected[:, :, h, w] += ys[:, k, :, idx]
-    torch.testing.assert_close(merged, expected)
-
-
 @pytest.mark.parametrize("k", range(4))
 def test_each_direction_against_direct_computation(k):
     """Silence the other three directions (no B/C/dt input, no skip) and compare one direction with its definition."""
     torch.manual_seed(k)
-    module = perturb(SS2D(d_model=8, d_state=4)).double()
+    module = perturb(ss2d(8)).double()
     with torch.no_grad():
         for other in set(range(4)) - {k}:
             module.x_proj_weight[other].zero_()
@@ -85,7 +65,7 @@ def test_each_direction_against_direct_computation(k):
 
 
 def test_full_scan_is_the_sum_of_directions():
-    module = perturb(SS2D(d_model=8, d_state=4))
+    module = perturb(ss2d(8))
     x = torch.randn(2, module.d_inner, 6, 3)
     expected = sum(direct_direction(module, x, k) for k in range(4))
     got = module.scan(x)
@@ -94,7 +74,7 @@ def test_full_scan_is_the_sum_of_directions():
 
 
 def test_forward_against_direct_computation():
-    module = perturb(SS2D(d_model=8, d_state=4)).eval()
+    module = perturb(ss2d(8)).eval()
     hidden = torch.randn(2, 6, 3, 8)
     xz = module.in_proj(hidden)
     x, z = xz[..., : module.d_inner], xz[..., module.d_inner :]  # first half -> scan, second half -> gate
@@ -107,16 +87,16 @@ def test_forward_against_direct_computation():
 
 @pytest.mark.parametrize("backend", ["reference", "chunked", "cpu_kernel"])
 def test_backends_agree(backend):
-    module = perturb(SS2D(d_model=8, d_state=4))
+    module = perturb(ss2d(8))
     hidden = torch.randn(2, 5, 7, 8)
-    module.scan_backend = "reference"
+    module.config.scan_backend = "reference"
     expected = module(hidden)
-    module.scan_backend = backend
+    module.config.scan_backend = backend
     torch.testing.assert_close(module(hidden), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_autocast_keeps_the_scan_in_float32():
-    module = perturb(SS2D(d_model=8, d_state=4))
+    module = perturb(ss2d(8))
     hidden = torch.randn(2, 4, 4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(hidden)
@@ -127,7 +107,7 @@ def test_bf16_autocast_keeps_the_scan_in_float32():
 
 
 def test_bf16_module_runs():
-    module = perturb(SS2D(d_model=8, d_state=4))
+    module = perturb(ss2d(8))
     hidden = torch.randn(1, 4, 5, 8)
     expected = module(hidden)
     out = module.to(torch.bfloat16)(hidden.bfloat16())
@@ -136,7 +116,7 @@ def test_bf16_module_runs():
 
 
 def test_gradients_reach_every_parameter():
-    module = perturb(SS2D(d_model=8, d_state=4))
+    module = perturb(ss2d(8))
     module(torch.randn(2, 3, 5, 8)).square().sum().backward()
     for name, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -154,13 +134,13 @@ def upstream_ss2d_entries(width):
 def test_state_dict_matches_upstream(width):
     expected = upstream_ss2d_entries(width)
     assert len(expected) == 11
-    module = SS2D(d_model=width)
+    module = SS2D(MedMambaConfig(), width)  # the default SSM settings, as upstream
     got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     assert got == expected
 
 
 def test_upstream_initialisation():
-    module = SS2D(d_model=64, d_state=16)
+    module = ss2d(64, d_state=16)
     E, R = module.d_inner, module.dt_rank
     assert (E, R) == (128, 4)
     torch.testing.assert_close(module.A_logs, torch.log(torch.arange(1, 17.0)).expand(4 * E, -1))

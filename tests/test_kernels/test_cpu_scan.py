@@ -1,5 +1,7 @@
-"""The fused CPU kernel: equal to the reference (values and gradients), its fallbacks, and its build cache."""
+"""The fused CPU kernel: equal to the reference (values and gradients), its walk pinned to `scan_directions`, its
+ABI checks, its fallbacks, and its build cache."""
 
+import ctypes
 import logging
 import platform
 from functools import partial
@@ -7,17 +9,29 @@ from functools import partial
 import pytest
 import torch
 
-from hf_medmamba import cpu_scan
+from hf_medmamba import scan_kernels
 from hf_medmamba import selective_scan as ss
+from hf_medmamba.kernels import cpu_scan
+from hf_medmamba.scan_backends import DISABLE_CPU_KERNEL_ENV
 
-from .test_selective_scan import OPTIONS, call, make_inputs, rel_err
+from ..conftest import OPTIONS, call, make_inputs, rel_err
+
+
+REFERENCE = partial(ss.selective_scan, backend="reference")
+CHUNKED = partial(ss.selective_scan, backend="chunked")
 
 
 @pytest.fixture(scope="module")
 def kernel_scan():
-    scan = cpu_scan.load_cpu_scan()
-    assert scan is not None, "the CPU kernel must build on the test machines (they have g++)"
-    return scan
+    """`selective_scan` on the default build of the kernel."""
+    assert cpu_scan.load_cpu_scan() is not None, "the CPU kernel must build on the test machines (they have g++)"
+    return partial(ss.selective_scan, backend="cpu_kernel")
+
+
+def use_kernel(monkeypatch, kernel):
+    """Make the dispatch use ``kernel`` (a `cpu_scan.CpuScan`) for "cpu_kernel"."""
+    monkeypatch.setattr(scan_kernels, "cpu_kernel", lambda: kernel)
+    monkeypatch.setattr(ss, "cpu_kernel", lambda: kernel)
 
 
 SHAPES = [
@@ -31,7 +45,7 @@ SHAPES = [
 
 def assert_equals_float64_reference(kernel_scan, shape, opts, dt_scale):
     inp64 = make_inputs(*shape, dtype=torch.float64, dt_scale=dt_scale)
-    exact, exact_last = call(ss.selective_scan_reference, inp64, opts, return_last_state=True)
+    exact, exact_last = call(REFERENCE, inp64, opts, return_last_state=True)
     y, last = call(kernel_scan, {k: v.float() for k, v in inp64.items()}, opts, return_last_state=True)
     assert y.dtype == torch.float32
     assert last.shape == exact_last.shape
@@ -54,7 +68,7 @@ def assert_gradients_equal_float64_reference(kernel_scan, shape, opts):
         if k in ("u", "delta", "A", "B", "C") or opts.get(k, False)
     ]
     grads = []
-    for fn, dtype in ((ss.selective_scan_reference, torch.float64), (kernel_scan, torch.float32)):
+    for fn, dtype in ((REFERENCE, torch.float64), (kernel_scan, torch.float32)):
         leaves = {k: v.to(dtype).requires_grad_(k in names) for k, v in inp.items()}
         y, last = call(fn, leaves, opts, return_last_state=True)
         gen = torch.Generator().manual_seed(1)  # the same weights for both (drawn in float64, then cast)
@@ -84,14 +98,15 @@ NARROW_BUILDS = {
 def test_narrower_vector_builds_equal_float64_reference(monkeypatch, tmp_path, build):
     flags, width = build
     monkeypatch.setenv("HF_MEDMAMBA_CACHE", str(tmp_path))
-    kernel = cpu_scan._Kernel(cpu_scan.build(flag_sets=[flags]))
-    assert kernel.width == width
-    scan = cpu_scan.make_scan(kernel)
+    library = cpu_scan._Library(cpu_scan.build(flag_sets=[flags]))
+    assert library.width == width
+    use_kernel(monkeypatch, cpu_scan.CpuScan(library))
+    scan = partial(ss.selective_scan, backend="cpu_kernel")
     for shape in ((2, 8, 130, 16, 4), (1, 12, 97, 5, 3), (2, 6, 64, 40, 3)):
         for opts in (OPTIONS[0], OPTIONS[-1]):
             assert_equals_float64_reference(scan, shape, opts, dt_scale=3.0)
             assert_gradients_equal_float64_reference(scan, shape, opts)
-    assert_cross_scan_equals_reordered_reference(scan.cross_scan, 5, 7)
+    assert_cross_scan_equals_reordered_reference(partial(ss.cross_selective_scan, backend="cpu_kernel"), 5, 7)
 
 
 def test_auto_uses_the_kernel_on_cpu(kernel_scan):
@@ -99,34 +114,34 @@ def test_auto_uses_the_kernel_on_cpu(kernel_scan):
 
 
 def test_disable_variable_falls_back_to_chunked(monkeypatch):
-    monkeypatch.setenv(ss.DISABLE_CPU_KERNEL_ENV, "1")
-    ss._cpu_kernel.cache_clear()
+    monkeypatch.setenv(DISABLE_CPU_KERNEL_ENV, "1")
+    scan_kernels.cpu_kernel.cache_clear()
     try:
         assert ss.resolve_scan_backend("auto", "cpu") == "chunked"
         with pytest.raises(RuntimeError, match="not available"):
             ss.resolve_scan_backend("cpu_kernel", "cpu")
     finally:
-        monkeypatch.delenv(ss.DISABLE_CPU_KERNEL_ENV)
-        ss._cpu_kernel.cache_clear()
+        monkeypatch.delenv(DISABLE_CPU_KERNEL_ENV)
+        scan_kernels.cpu_kernel.cache_clear()
 
 
 def test_no_compiler_falls_back_with_one_log_line(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("HF_MEDMAMBA_CACHE", str(tmp_path))  # nothing cached: a build would be needed
     monkeypatch.setattr(cpu_scan, "_compiler", lambda: None)
     cpu_scan.load_cpu_scan.cache_clear()
-    ss._cpu_kernel.cache_clear()
+    scan_kernels.cpu_kernel.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
             assert ss.resolve_scan_backend("auto", "cpu") == "chunked"
             inp = make_inputs(1, 8, 20, 4, 2)
             y = call(ss.selective_scan, inp, OPTIONS[0])
-        torch.testing.assert_close(y, call(ss.selective_scan_reference, inp, OPTIONS[0]))
+        torch.testing.assert_close(y, call(REFERENCE, inp, OPTIONS[0]))
         messages = [r.getMessage() for r in caplog.records if "CPU scan kernel is unavailable" in r.getMessage()]
         assert len(messages) == 1
         assert "no C++ compiler" in messages[0]
     finally:
         cpu_scan.load_cpu_scan.cache_clear()
-        ss._cpu_kernel.cache_clear()
+        scan_kernels.cpu_kernel.cache_clear()
 
 
 def test_failed_compilation_is_reported(monkeypatch, tmp_path):
@@ -152,7 +167,7 @@ def test_float64_and_large_states_go_to_the_chunked_scan(kernel_scan):
     for inp in (make_inputs(1, 4, 9, 4, 1, dtype=torch.float64), make_inputs(1, 4, 9, 300, 1)):
         y = call(kernel_scan, inp, OPTIONS[0])
         assert y.dtype == inp["u"].dtype
-        assert torch.equal(y, call(ss.selective_scan_chunked, inp, OPTIONS[0]))
+        assert torch.equal(y, call(CHUNKED, inp, OPTIONS[0]))
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -207,3 +222,62 @@ def assert_cross_scan_equals_reordered_reference(cross_scan, height, width):
 def test_cross_scan_kernel_equals_reordered_reference(kernel_scan, height, width):
     """The kernel's in-place four-direction walk equals scanning explicitly reordered copies (values and grads)."""
     assert_cross_scan_equals_reordered_reference(partial(ss.cross_selective_scan, backend="cpu_kernel"), height, width)
+
+
+def test_kernel_walks_the_tables_it_is_given(kernel_scan):
+    """The kernel follows the walk table and merge order passed in (here arbitrary permutations), not an order of
+    its own: it equals scanning copies reordered by the same tables with the reference, summed in the same order."""
+    gen = torch.Generator().manual_seed(3)
+    b, E, n, height, width = 2, 4, 16, 3, 5
+    L = height * width
+    u, delta = torch.randn(b, E, L, generator=gen), torch.randn(b, 4 * E, L, generator=gen)
+    A, bias = -torch.exp(torch.randn(4 * E, n, generator=gen)), torch.randn(4 * E, generator=gen)
+    B, C, D = torch.randn(b, 4, n, L, generator=gen), torch.randn(b, 4, n, L, generator=gen), torch.randn(4 * E)
+    walk = torch.stack([torch.randperm(L, generator=gen) for _ in range(4)])
+    merge = (3, 1, 0, 2)
+    got = cpu_scan.load_cpu_scan().cross_scan(u, delta, A, B, C, D, bias, height, width, walk, merge)
+    expected = 0
+    for k in merge:
+        rows = slice(k * E, (k + 1) * E)
+        y_k = ss.selective_scan(
+            u[..., walk[k]],
+            delta[:, rows][..., walk[k]],
+            A[rows],
+            B[:, k][..., walk[k]],
+            C[:, k][..., walk[k]],
+            D=D[rows],
+            delta_bias=bias[rows],
+            delta_softplus=True,
+            backend="reference",
+        )
+        expected = expected + torch.empty_like(y_k).index_copy_(-1, walk[k], y_k)  # back to the pixels
+    assert rel_err(got, expected) <= 1e-5
+
+
+def test_library_of_another_abi_version_is_refused(monkeypatch, tmp_path):
+    built = cpu_scan.build()
+    source = tmp_path / "selective_scan_cpu.cpp"
+    source.write_text(cpu_scan.SOURCE.read_text().replace("SCAN_ABI_VERSION 5", "SCAN_ABI_VERSION 99"))
+    monkeypatch.setattr(cpu_scan, "SOURCE", source)
+    with pytest.raises(RuntimeError, match=r"ABI version 5 .* expects version 99"):
+        cpu_scan._Library(built)
+
+
+def test_a_call_with_another_struct_layout_is_refused():
+    """The kernel checks the caller's ScanArgs size before reading it (status 2), and the loader raises on it."""
+    library = cpu_scan.load_cpu_scan().library
+    args = cpu_scan.ScanArgs(struct_size=ctypes.sizeof(cpu_scan.ScanArgs) - 8)
+    assert library._entry["forward"](ctypes.byref(args)) == 2
+    assert library._entry["backward"](ctypes.byref(args)) == 2
+    with pytest.raises(RuntimeError, match=r"refused the call \(status 1\)"):  # shapes it cannot run: b = 0
+        library.call("forward", b=0, d=4, L=3, n_pad=16, g=1, bc_stride=32, height=0, width=0)
+
+
+def test_an_invalid_merge_order_is_refused(kernel_scan):
+    gen = torch.Generator().manual_seed(0)
+    b, E, n, L = 1, 2, 16, 6
+    args = [torch.randn(b, E, L, generator=gen), torch.randn(b, 4 * E, L, generator=gen), -torch.rand(4 * E, n)]
+    args += [torch.randn(b, 4, n, L), torch.randn(b, 4, n, L), None, None]
+    walk = torch.arange(L).expand(4, L)
+    with pytest.raises(RuntimeError, match="refused the call"):
+        cpu_scan.load_cpu_scan().cross_scan(*args, 2, 3, walk, (0, 0, 1, 2))
