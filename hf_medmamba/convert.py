@@ -24,6 +24,9 @@ import torch
 from .configuration_medmamba import MEDMAMBA_PRESETS, MedMambaConfig
 from .configuration_vmamba import VMAMBA_PRESETS, VMambaConfig
 from .configuration_vmunet import BINARY_LABELS, SYNAPSE_LABELS, VMUNET_PRESETS, VMUNetConfig
+from .image_processing_medmamba import MedMambaImageProcessor
+from .image_processing_vmamba import VMambaImageProcessor
+from .image_processing_vmunet import VMUNetImageProcessor
 from .verification import VerificationError, check_reference, verify_folder
 
 
@@ -734,40 +737,6 @@ def vmunet_config_for_init(preset="vmunet-paper", id2label=None, num_labels=None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Processors
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def vmunet_processor(config, normalization_mode=None, mask_mode=None, image_size=None):
-    """The VM-UNet processor for a config: binary (sigmoid) heads get upstream's ISIC setting (min-max to [0, 255],
-    {0, 255} masks, 256 x 256), multi-class heads the Synapse setting (standard normalisation, index masks,
-    224 x 224). Each choice can be overridden."""
-    from .image_processing_vmunet import VMUNetImageProcessor
-
-    binary = config.sigmoid_head
-    size = image_size or (256 if binary else 224)
-    return VMUNetImageProcessor(
-        num_channels=config.num_channels,
-        normalization_mode=normalization_mode or ("isic" if binary else "standard"),
-        mask_mode=mask_mode or ("binary" if binary else "index"),
-        size={"height": size, "width": size},
-    )
-
-
-def medmamba_processor(config, image_size=None):
-    from .image_processing_medmamba import MedMambaImageProcessor
-
-    size = image_size or 224
-    return MedMambaImageProcessor(num_channels=config.num_channels, size={"height": size, "width": size})
-
-
-def vmamba_processor(config):
-    from .image_processing_vmamba import VMambaImageProcessor
-
-    return VMambaImageProcessor(num_channels=config.num_channels)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Writing a folder
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -901,7 +870,7 @@ def convert_medmamba(
     """Upstream MedMamba checkpoint file -> a verified hf_medmamba folder (see `write_folder` for the options)."""
     state_dict, entry, name, digest = _read_state_dict(checkpoint, False, trust_pickle)
     model, preset = convert_medmamba_state_dict(state_dict, id2label=id2label)
-    processor = medmamba_processor(model.config, image_size)
+    processor = MedMambaImageProcessor.for_model(model.config, image_size)
     card = _card(model, processor, card_options, variant=preset, source_file=name, source_sha256=digest)
     return _finish(model, processor, output_dir, card, preset, (name, digest), entry, verify_options)
 
@@ -910,7 +879,7 @@ def convert_vmamba(checkpoint, output_dir, ema=False, id2label=None, trust_pickl
     """VMamba v0 checkpoint file -> a verified `VMambaForImageClassification` folder (ImageNet labels by default)."""
     state_dict, entry, name, digest = _read_state_dict(checkpoint, ema, trust_pickle)
     model, preset = convert_vmamba_state_dict(state_dict, id2label=id2label)
-    processor = vmamba_processor(model.config)
+    processor = VMambaImageProcessor.for_model(model.config)
     card = _card(
         model, processor, card_options, variant=preset, source_file=name, source_sha256=digest, checkpoint_entry=entry
     )
@@ -935,7 +904,7 @@ def convert_vmamba_to_vmunet(
     state_dict, entry, name, digest = _read_state_dict(checkpoint, ema, trust_pickle)
     config = vmunet_config_for_init(preset, id2label=id2label, num_labels=num_labels)
     model, report = init_vmunet_from_vmamba(state_dict, config, checkpoint_entry=entry, preset=preset)
-    processor = vmunet_processor(config, normalization_mode, mask_mode, image_size)
+    processor = VMUNetImageProcessor.for_model(config, normalization_mode, mask_mode, image_size)
     card = _card(
         model,
         processor,
@@ -965,7 +934,7 @@ def convert_vmunet(
     """Trained upstream VM-UNet checkpoint (``best.pth`` or ``latest.pth``) -> a verified hf_medmamba folder."""
     state_dict, entry, name, digest = _read_state_dict(checkpoint, False, trust_pickle)
     model, preset = convert_vmunet_state_dict(state_dict, id2label=id2label, num_channels=num_channels)
-    processor = vmunet_processor(model.config, normalization_mode, mask_mode, image_size)
+    processor = VMUNetImageProcessor.for_model(model.config, normalization_mode, mask_mode, image_size)
     card = _card(model, processor, card_options, variant=preset, source_file=name, source_sha256=digest)
     return _finish(model, processor, output_dir, card, preset, (name, digest), entry, verify)
 

@@ -547,7 +547,10 @@ def example_cards():
     from .configuration_medmamba import MedMambaConfig
     from .configuration_vmamba import VMambaConfig
     from .configuration_vmunet import VMUNetConfig
-    from .convert import imagenet_id2label, medmamba_processor, vmamba_processor, vmunet_processor
+    from .convert import imagenet_id2label
+    from .image_processing_medmamba import MedMambaImageProcessor
+    from .image_processing_vmamba import VMambaImageProcessor
+    from .image_processing_vmunet import VMUNetImageProcessor
     from .modeling_medmamba import MedMambaForImageClassification
     from .modeling_vmamba import VMambaForImageClassification
     from .modeling_vmunet import VMUNetForSegmentation
@@ -556,13 +559,18 @@ def example_cards():
     cases = {}
     for size in ("t", "s", "b"):
         config = MedMambaConfig.from_preset(f"medmamba-{size}", id2label=busi)
-        cases[f"medmamba-{size}"] = (config, MedMambaForImageClassification, medmamba_processor(config), {})
+        cases[f"medmamba-{size}"] = (
+            config,
+            MedMambaForImageClassification,
+            MedMambaImageProcessor.for_model(config),
+            {},
+        )
     config = VMambaConfig.from_preset("vmamba-s", id2label=imagenet_id2label())
     source = {"source_file": "vssmsmall_dp03_ckpt_epoch_238.pth", "checkpoint_entry": "model"}
-    cases["vmamba-s"] = (config, VMambaForImageClassification, vmamba_processor(config), source)
+    cases["vmamba-s"] = (config, VMambaForImageClassification, VMambaImageProcessor.for_model(config), source)
     for name, preset in (("vmunet-isic", "vmunet-paper"), ("vmunet-synapse", "vmunet-synapse")):
         config = VMUNetConfig.from_preset(preset)
-        cases[name] = (config, VMUNetForSegmentation, vmunet_processor(config), {"variant": preset})
+        cases[name] = (config, VMUNetForSegmentation, VMUNetImageProcessor.for_model(config), {"variant": preset})
     cards = {}
     for name, (config, model_class, processor, extra) in cases.items():
         with torch.device("meta"):

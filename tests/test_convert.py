@@ -20,6 +20,7 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from hf_medmamba import (
     MedMambaConfig,
     MedMambaForImageClassification,
+    MedMambaImageProcessor,
     VMambaConfig,
     VMambaForImageClassification,
     VMUNetConfig,
@@ -35,7 +36,6 @@ from hf_medmamba.convert import (
     infer_vmunet_config,
     init_vmunet_from_vmamba,
     load_checkpoint,
-    medmamba_processor,
     plan_vmunet_init,
     read_id2label,
     resolve_id2label,
@@ -587,7 +587,7 @@ def test_failed_verification_leaves_nothing_behind(tmp_path):
     with pytest.raises(VerificationError, match="differs from the reference output"):
         write_folder(
             model,
-            medmamba_processor(model.config),
+            MedMambaImageProcessor.for_model(model.config),
             out,
             verify=False,
             reference_input=tmp_path / "input.pt",
@@ -597,8 +597,8 @@ def test_failed_verification_leaves_nothing_behind(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(ConversionError, match="--overwrite"):
-        write_folder(model, medmamba_processor(model.config), out, verify=False)
-    write_folder(model, medmamba_processor(model.config), out, verify=False, overwrite=True)
+        write_folder(model, MedMambaImageProcessor.for_model(model.config), out, verify=False)
+    write_folder(model, MedMambaImageProcessor.for_model(model.config), out, verify=False, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.pt", "out", "wrong.pt"]
 

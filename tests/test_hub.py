@@ -14,12 +14,15 @@ from transformers import Trainer, TrainingArguments
 from hf_medmamba import (
     MedMambaConfig,
     MedMambaForImageClassification,
+    MedMambaImageProcessor,
     VMambaConfig,
     VMambaForImageClassification,
+    VMambaImageProcessor,
     VMUNetConfig,
     VMUNetForSegmentation,
+    VMUNetImageProcessor,
 )
-from hf_medmamba.convert import medmamba_processor, run_cli, vmamba_processor, vmunet_processor
+from hf_medmamba.convert import run_cli
 from hf_medmamba.hub import NOT_REMOTE_CODE, RemoteCodeError, push_folder, remote_code_files, scan_remote_code
 from hf_medmamba.model_card import card_for_folder
 
@@ -35,14 +38,14 @@ TOKEN = "hf_sentinelTOKENvalue0123456789"
 def tiny(kind):
     if kind == "medmamba":
         config = MedMambaConfig(**TINY, id2label={0: "benign", 1: "malignant", 2: "normal"})
-        return MedMambaForImageClassification(config), medmamba_processor(config, image_size=64)
+        return MedMambaForImageClassification(config), MedMambaImageProcessor.for_model(config, image_size=64)
     if kind == "vmamba":
         config = VMambaConfig(**TINY, num_labels=4)
-        return VMambaForImageClassification(config), vmamba_processor(config)
+        return VMambaForImageClassification(config), VMambaImageProcessor.for_model(config)
     config = VMUNetConfig(
         **TINY, depths_decoder=[1, 1, 1, 1], id2label={0: "background", 1: "lesion"}, sigmoid_head=True
     )
-    return VMUNetForSegmentation(config), vmunet_processor(config)
+    return VMUNetForSegmentation(config), VMUNetImageProcessor.for_model(config)
 
 
 @pytest.fixture(scope="module")

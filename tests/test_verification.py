@@ -10,12 +10,13 @@ import torch
 from hf_medmamba import (
     MedMambaConfig,
     MedMambaForImageClassification,
+    MedMambaImageProcessor,
     VMambaConfig,
     VMambaForImageClassification,
     VMUNetConfig,
     VMUNetForSegmentation,
 )
-from hf_medmamba.convert import MEDMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes, medmamba_processor, write_folder
+from hf_medmamba.convert import MEDMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes, write_folder
 from hf_medmamba.verification import (
     OUTPUT_ATOL,
     OUTPUT_RTOL,
@@ -160,7 +161,7 @@ def test_wrong_direction_order_or_dropped_bias_fails_the_output_check(case, brea
 
 def test_verify_folder_catches_a_weight_change_after_saving(tmp_path):
     model = perturb(MedMambaForImageClassification(MedMambaConfig(**TINY, num_labels=3)))
-    write_folder(model, medmamba_processor(model.config), tmp_path / "ok")  # verifies
+    write_folder(model, MedMambaImageProcessor.for_model(model.config), tmp_path / "ok")  # verifies
     with torch.no_grad():
         model.head.bias[0] += 1e-3  # the in-memory model no longer equals the folder
     with pytest.raises(VerificationError, match=r"1 of \d+ tensors differ.*head\.bias"):
