@@ -13,15 +13,17 @@ cd "$work"  # away from the checkout, so that only the installed wheel can be im
 HF_MEDMAMBA_CACHE="$work/cache" "$work/venv/bin/python" - <<'PY'
 import pathlib
 import hf_medmamba
-from hf_medmamba import convert, cpu_scan, model_card
+from hf_medmamba import cpu_scan
+from hf_medmamba.tools import labels, model_card
 
 root = pathlib.Path(hf_medmamba.__file__).parent
 assert "site-packages" in str(root), f"imported from {root}, not from the installed wheel"
 assert cpu_scan.SOURCE.is_file(), f"kernel source missing from the wheel: {cpu_scan.SOURCE}"
 assert cpu_scan.load_cpu_scan() is not None, "the kernel did not build from the wheel's source"
 assert model_card.TEMPLATE_PATH.is_file(), f"model-card template missing from the wheel: {model_card.TEMPLATE_PATH}"
-assert convert.IMAGENET_ID2LABEL_FILE.is_file(), "ImageNet label map missing from the wheel"
-assert len(convert.imagenet_id2label()) == 1000
+assert labels.IMAGENET_ID2LABEL_FILE.is_file(), "ImageNet label map missing from the wheel"
+assert len(labels.imagenet_id2label()) == 1000
 print(f"wheel OK: hf_medmamba {hf_medmamba.__version__} from {root}; CPU kernel built from the shipped source; "
       "card template and ImageNet labels present")
 PY
+"$work/venv/bin/hf-medmamba" --version  # the console script resolves to hf_medmamba.tools.cli:main

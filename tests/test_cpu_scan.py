@@ -10,7 +10,7 @@ import torch
 from hf_medmamba import cpu_scan
 from hf_medmamba import selective_scan as ss
 
-from .test_selective_scan import OPTIONS, call, make_inputs, rel_err
+from .conftest import OPTIONS, call, make_inputs, rel_err
 
 
 @pytest.fixture(scope="module")

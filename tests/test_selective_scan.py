@@ -6,28 +6,7 @@ import torch
 
 from hf_medmamba import selective_scan as ss
 
-
-def make_inputs(b, d, L, n, g, dtype=torch.float32, dt_scale=1.0, a_scale=1.0, grouped=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-    inputs = {
-        "u": rand(b, d, L),
-        "delta": rand(b, d, L) * dt_scale,
-        "A": -torch.exp(rand(d, n)) * a_scale,
-        "B": rand(b, g, n, L) if grouped else rand(b, n, L),
-        "C": rand(b, g, n, L) if grouped else rand(b, n, L),
-        "D": rand(d),
-        "z": rand(b, d, L),
-        "delta_bias": rand(d) * 0.5,
-    }
-    return {k: v.to(dtype) for k, v in inputs.items()}
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+from .conftest import OPTIONS, call, make_inputs, rel_err
 
 
 SHAPES = [
@@ -38,29 +17,6 @@ SHAPES = [
     (1, 12, 97, 16, 4),
     (3, 6, 64, 5, 3),
 ]
-
-OPTIONS = [
-    {"D": True, "z": False, "delta_bias": True, "delta_softplus": True},  # how SS2D calls it
-    {"D": False, "z": True, "delta_bias": False, "delta_softplus": False},
-    {"D": True, "z": True, "delta_bias": True, "delta_softplus": True},
-]
-
-
-def call(fn, inp, opts, **kw):
-    # Without softplus the caller must pass positive step sizes (as Mamba does); negative ones make the scan explode.
-    delta = inp["delta"] if opts["delta_softplus"] else torch.nn.functional.softplus(inp["delta"])
-    return fn(
-        inp["u"],
-        delta,
-        inp["A"],
-        inp["B"],
-        inp["C"],
-        D=inp["D"] if opts["D"] else None,
-        z=inp["z"] if opts["z"] else None,
-        delta_bias=inp["delta_bias"] if opts["delta_bias"] else None,
-        delta_softplus=opts["delta_softplus"],
-        **kw,
-    )
 
 
 @pytest.mark.parametrize("backend", ["chunked", "export"])  # the two pure-PyTorch fast formulations

@@ -9,9 +9,10 @@ from huggingface_hub import ModelCard
 from transformers import pipeline
 
 from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, MedMambaImageProcessor
-from hf_medmamba.model_card import BASE_TAGS, TEMPLATE_PATH, build_model_card, example_cards, load_eval_results
+from hf_medmamba.tools.model_card import TEMPLATE_PATH, build_model_card, example_cards, load_eval_results
+from hf_medmamba.tools.model_card_texts import BASE_TAGS
 
-from .conftest import REPO, data_path
+from ..conftest import REPO, data_path
 
 
 CARD_TYPES = {
@@ -134,7 +135,7 @@ def test_template_is_package_data():
 
 
 def test_example_cards_in_the_repository_are_current(cards, tmp_path):
-    """model_cards/*.md are generated (hf_medmamba.model_card.write_example_cards); re-render and compare."""
+    """model_cards/*.md are generated (hf_medmamba.tools.model_card.write_example_cards); re-render and compare."""
     for name, card in cards.items():
         card.save(tmp_path / f"{name}.md")
         assert (REPO / "model_cards" / f"{name}.md").read_text() == (tmp_path / f"{name}.md").read_text(), name

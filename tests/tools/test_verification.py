@@ -1,4 +1,4 @@
-"""The verification rules of `hf_medmamba.verification`: weights bit for bit, outputs within float32 rounding.
+"""The verification rules of `hf_medmamba.tools.verification`: weights bit for bit, outputs within float32 rounding.
 
 Float32 rounding between scan backends must pass; a one-entry weight change, a wrong scan-direction order and a dropped
 bias must fail. The deepest presets convert and pass their own fresh-process verification (``slow``).
@@ -16,8 +16,9 @@ from hf_medmamba import (
     VMUNetConfig,
     VMUNetForSegmentation,
 )
-from hf_medmamba.convert import MEDMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes, write_folder
-from hf_medmamba.verification import (
+from hf_medmamba.tools.folders import write_folder
+from hf_medmamba.tools.key_maps import MEDMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes
+from hf_medmamba.tools.verification import (
     OUTPUT_ATOL,
     OUTPUT_RTOL,
     VerificationError,
@@ -27,11 +28,12 @@ from hf_medmamba.verification import (
     verify_folder,
 )
 
-from .conftest import upstream_case, upstream_case_kwargs
-from .test_convert import (
+from ..conftest import (
     TINY,
     perturb,
     run_script,
+    upstream_case,
+    upstream_case_kwargs,
     upstream_medmamba,
     upstream_vmamba,
 )

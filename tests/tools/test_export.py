@@ -7,9 +7,6 @@ tests/test_selective_scan.py.
 """
 
 import copy
-import importlib
-import sys
-from pathlib import Path
 
 import onnx
 import PIL.Image
@@ -27,7 +24,8 @@ from hf_medmamba import (
     VMUNetImageProcessor,
 )
 from hf_medmamba import selective_scan as ss
-from hf_medmamba.export import (
+from hf_medmamba.ss2d import SS2D
+from hf_medmamba.tools.export import (
     ExportError,
     example_input,
     export_onnx,
@@ -36,15 +34,12 @@ from hf_medmamba.export import (
     use_scan_backend,
     verify_onnx,
 )
-from hf_medmamba.ss2d import SS2D
 
-from .conftest import busi_cls_images, data_path
-from .test_selective_scan import OPTIONS, call, make_inputs
+from ..conftest import OPTIONS, busi_cls_images, call, data_path, example, make_inputs
 
 
 pytestmark = pytest.mark.export
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
 SIZE = 64
 
@@ -326,12 +321,6 @@ def test_use_scan_backend_restores_mixed_backends():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def export_cli():
-    if str(REPO / "examples") not in sys.path:
-        sys.path.insert(0, str(REPO / "examples"))
-    return importlib.import_module("export_onnx")
-
-
 def save_folder(tmp_path, model, processor):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -343,7 +332,7 @@ def save_folder(tmp_path, model, processor):
 def test_cli_classification_on_real_images(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_medmamba(), MedMambaImageProcessor(size={"height": SIZE, "width": SIZE}))
     images = data_path("busi_cls", "test")
-    code = export_cli().main(
+    code = example("export_onnx").main(
         ["--model", str(folder), "--output", str(tmp_path / "m.onnx"), "--validate-images", str(images),
          "--max-images", "10", "--batch-size", "4"]
     )  # fmt: skip
@@ -357,7 +346,7 @@ def test_cli_classification_on_real_images(tmp_path, capsys):
 def test_cli_segmentation_on_real_images_with_a_fixed_batch(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_vmunet(), VMUNetImageProcessor(size={"height": SIZE, "width": SIZE}))
     images = data_path("busi_seg", "test", "images")
-    code = export_cli().main(
+    code = example("export_onnx").main(
         ["--model", str(folder), "--output", str(tmp_path / "v.onnx"), "--validate-images", f"{images}/*.png",
          "--max-images", "3", "--no-dynamic-batch", "--batch-size", "2"]
     )  # fmt: skip
@@ -368,7 +357,7 @@ def test_cli_segmentation_on_real_images_with_a_fixed_batch(tmp_path, capsys):
 
 def test_cli_fails_without_images(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_medmamba(), MedMambaImageProcessor(size={"height": SIZE, "width": SIZE}))
-    code = export_cli().main(
+    code = example("export_onnx").main(
         ["--model", str(folder), "--output", str(tmp_path / "m.onnx"), "--validate-images", str(tmp_path / "none")]
     )
     assert code == 2
