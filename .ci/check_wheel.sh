@@ -5,7 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python -m build --wheel --outdir "$work/dist" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+# Built from a copy of the working tree's files (tracked, and untracked but not ignored): setuptools would put every
+# module left in a stale build/lib of the checkout (e.g. one since moved or deleted) into the wheel.
+mkdir "$work/src"
+git ls-files -z --cached --others --exclude-standard |
+  while IFS= read -r -d '' file; do if [ -e "$file" ]; then printf '%s\0' "$file"; fi; done |
+  tar --null -T - -cf - | tar -xf - -C "$work/src"
+python -m build --wheel --outdir "$work/dist" "$work/src" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 python -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q torch==2.13.0
 "$work/venv/bin/python" -m pip install -q "$work"/dist/*.whl
