@@ -55,11 +55,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["hf_medmamba"],
-    package_data={"hf_medmamba": ["kernels/*.cpp", "templates/*.md", "data/*.json", "data/*.md"]},
+    packages=["hf_medmamba", "hf_medmamba.kernels", "hf_medmamba.tools"],
+    package_data={
+        "hf_medmamba.kernels": ["*.cpp"],
+        "hf_medmamba.tools": ["templates/*.md", "data/*.json", "data/*.md"],
+    },
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["hf-medmamba = hf_medmamba.cli:main"]},
+    entry_points={"console_scripts": ["hf-medmamba = hf_medmamba.tools.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Medical Science Apps.",

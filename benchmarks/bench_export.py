@@ -4,9 +4,9 @@ behind the choice of the exportable scan formulation.
 Run:  python benchmarks/bench_export.py [--threads 2] [--repeats 10] [--no-write] [--skip-formulations]
 
 Models: MedMamba-T at 224 px and VM-UNet (paper preset) at 256 px, random initialisation, fp32, batch 1, exported by
-`hf_medmamba.export.export_onnx` (dynamic batch, opset 18). Each round calls onnxruntime (CPU, ``threads`` intra-op
-threads), PyTorch eager with the default scan backend (the compiled CPU kernel) and PyTorch eager with the pure-PyTorch
-chunked scan, once each; the medians over the rounds are reported.
+`hf_medmamba.tools.export.export_onnx` (dynamic batch, opset 18). Each round calls onnxruntime (CPU, ``threads``
+intra-op threads), PyTorch eager with the default scan backend (the compiled CPU kernel) and PyTorch eager with the
+pure-PyTorch chunked scan, once each; the medians over the rounds are reported.
 
 Formulations: SS2D's four-direction scan of MedMamba-T's first stage (96 channels, 56 x 56 pixels, state 16) written
 four ways that export, each exported alone to ONNX and timed in onnxruntime the same way.
@@ -29,7 +29,7 @@ from _common import machine, parse_bench_args, write_section
 
 from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, VMUNetConfig, VMUNetForSegmentation
 from hf_medmamba import selective_scan as ss
-from hf_medmamba.export import example_input, export_onnx, onnx_session
+from hf_medmamba.tools.export import example_input, export_onnx, onnx_session
 
 
 def node_counts(path):
@@ -317,7 +317,7 @@ Machine: {machine()}; onnxruntime {__import__("onnxruntime").__version__}, onnx 
 up to {args.threads}; more means other work shared the CPU).
 Random initialisation, fp32, batch 1, {args.threads} threads for PyTorch (`torch.set_num_threads`) and onnxruntime
 (`intra_op_num_threads`, CPU provider); medians of {args.repeats} round-robin rounds in one process. The ONNX files
-come from `hf_medmamba.export.export_onnx` (torch.export, then `torch.onnx.export(..., dynamo=True)`, opset 18,
+come from `hf_medmamba.tools.export.export_onnx` (torch.export, then `torch.onnx.export(..., dynamo=True)`, opset 18,
 dynamic batch, fixed image size); "export" is the wall time of that call. Max abs diff: onnxruntime against PyTorch
 eager (compiled kernel) on the same random input.
 

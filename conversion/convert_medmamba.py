@@ -11,14 +11,14 @@ Example:
 import argparse
 import sys
 
-from hf_medmamba.convert import (
+from hf_medmamba.tools.convert import (
     add_label_arguments,
     add_output_arguments,
     convert_medmamba,
     output_options,
-    resolve_id2label,
     run_cli,
 )
+from hf_medmamba.tools.labels import resolve_id2label
 
 
 def build_parser():

@@ -13,16 +13,16 @@ Example:
 import argparse
 import sys
 
-from hf_medmamba.convert import (
+from hf_medmamba.tools.convert import (
     add_label_arguments,
     add_output_arguments,
     add_vmunet_processor_arguments,
     convert_vmunet,
     output_options,
-    resolve_id2label,
     run_cli,
     vmunet_processor_options,
 )
+from hf_medmamba.tools.labels import resolve_id2label
 
 
 def build_parser():

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hf_medmamba.convert import run_cli
-from hf_medmamba.hub import push_folder
+from hf_medmamba.tools.convert import run_cli
+from hf_medmamba.tools.hub import push_folder
 
 
 def build_parser():
@@ -40,7 +40,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     folder = Path(args.folder)
     if args.write_card and not (folder / "README.md").exists():
-        from hf_medmamba.model_card import card_for_folder
+        from hf_medmamba.tools.model_card import card_for_folder
 
         card_for_folder(folder, repo_id=args.repo_id).save(folder / "README.md")
         print(f"wrote {folder / 'README.md'}")

@@ -2,8 +2,8 @@
 
 Each volume is segmented slice by slice: every axial slice is resized to the model's input size, segmented, and the
 predicted label map is resized back with nearest neighbour (upstream zooms slices to 224 and back). Then, per volume
-and per foreground class 1..C-1, Dice and HD95 (`hf_medmamba.metrics.volume_dice_hd95`, Synapse conventions for empty
-masks), averaged over volumes with `synapse_summary`, and written to a JSON file.
+and per foreground class 1..C-1, Dice and HD95 (`hf_medmamba.tools.metrics.volume_dice_hd95`, Synapse conventions for
+empty masks), averaged over volumes with `synapse_summary`, and written to a JSON file.
 
 Inputs: NIfTI pairs (``--images ct.nii.gz --labels seg.nii.gz``; the CT is windowed to ``--window`` HU, default
 [-125, 275] as TransUNet's preprocessing, and scaled to [0, 1]; HD95 is in mm from the header's voxel spacing unless
@@ -31,7 +31,7 @@ from transformers import AutoModelForSemanticSegmentation
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # 5.17 exports a torchvision stub
 
 import hf_medmamba  # noqa: F401  (registers the models with the Auto classes)
-from hf_medmamba.metrics import synapse_summary, volume_dice_hd95
+from hf_medmamba.tools.metrics import synapse_summary, volume_dice_hd95
 
 
 def parse_args(argv=None):

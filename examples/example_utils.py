@@ -539,10 +539,10 @@ CARD_METRICS = {  # eval metric key -> (model-index metric type, display name)
 
 def write_model_card(trainer, model_args, data_args, run, eval_metrics=None):
     """README.md for a trained hf_medmamba folder (``trainer.args.output_dir``): the card of
-    `hf_medmamba.model_card`, whose model-index holds this run's final evaluation. ``run`` holds the ``task``, the
+    `hf_medmamba.tools.model_card`, whose model-index holds this run's final evaluation. ``run`` holds the ``task``, the
     ``eval_split`` name and the ``num_train_examples`` / ``num_eval_examples``. Other architectures (ConvNeXt,
     SegFormer) get no card here. Returns the card's path, or None."""
-    from hf_medmamba.model_card import build_model_card
+    from hf_medmamba.tools.model_card import build_model_card
 
     args, state, config = trainer.args, trainer.state, trainer.model.config
     if config.model_type not in ("medmamba", "vmamba", "vmunet"):

@@ -1,6 +1,6 @@
 """Export a saved MedMamba / VMamba / VM-UNet folder to ONNX and validate the file with onnxruntime on real images.
 
-The model is exported by `hf_medmamba.export.export_onnx` (torch.export, then the dynamo-based ONNX exporter) at a
+The model is exported by `hf_medmamba.tools.export.export_onnx` (torch.export, then the dynamo-based ONNX exporter) at a
 fixed image size, by default the size of the folder's image processor. The file is then run in onnxruntime (CPU) on
 real images, prepared by the folder's image processor exactly as for PyTorch, and compared with the model in PyTorch
 eager mode: max |logits difference| <= --atol + --rtol * max |logits| (1e-4 + 1e-4 * max |logits|, the rule that
@@ -25,9 +25,10 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from hf_medmamba.cli import IMAGE_EXTENSIONS, CLIError, load_model
-from hf_medmamba.export import DEFAULT_OPSET, ExportError, export_onnx, verify_onnx
-from hf_medmamba.verification import OUTPUT_ATOL, OUTPUT_RTOL
+from hf_medmamba.tools.cli_inputs import IMAGE_EXTENSIONS, CLIError
+from hf_medmamba.tools.cli_model import load_model
+from hf_medmamba.tools.export import DEFAULT_OPSET, ExportError, export_onnx, verify_onnx
+from hf_medmamba.tools.verification import OUTPUT_ATOL, OUTPUT_RTOL
 
 
 DATA = Path(__file__).resolve().parent / "data"

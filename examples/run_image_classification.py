@@ -261,8 +261,8 @@ def collate_fn(examples):
 
 
 def compute_metrics(eval_prediction):
-    """OA and macro precision, sensitivity, specificity, F1 and AUC (`hf_medmamba.metrics`)."""
-    from hf_medmamba.metrics import classification_metrics  # scikit-learn and MONAI: imported only when needed
+    """OA and macro precision, sensitivity, specificity, F1 and AUC (`hf_medmamba.tools.metrics`)."""
+    from hf_medmamba.tools.metrics import classification_metrics  # scikit-learn and MONAI: imported only when needed
 
     logits = eval_prediction.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -272,7 +272,7 @@ def compute_metrics(eval_prediction):
 
 def write_report(output_dir, labels, logits, names):
     """Full metrics (per class, confusion matrix) as eval_report.json and the confusion matrix as a PNG."""
-    from hf_medmamba.metrics import classification_metrics, plot_confusion_matrix
+    from hf_medmamba.tools.metrics import classification_metrics, plot_confusion_matrix
 
     metrics = classification_metrics(np.asarray(labels).astype(np.int64), logits, num_classes=len(names))
     output_dir = Path(output_dir)

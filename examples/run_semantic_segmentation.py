@@ -216,10 +216,10 @@ def build_model(model_args, config):
 
 def init_from_vmamba(model_args, config):
     """A VM-UNet for ``config`` initialised from a VMamba folder as upstream ``VMUNet.load_from`` does, with
-    `hf_medmamba.convert.init_vmunet_from_vmamba`: encoder tensors copied by name (patch embedding, stage blocks up to
-    the model's depth, patch merging), decoder stage 3-i blocks from encoder stage i blocks; VMamba's norm and head,
-    the decoder's upsampling, ``final_up`` and ``final_conv`` keep their random initialisation."""
-    from hf_medmamba.convert import init_vmunet_from_vmamba
+    `hf_medmamba.tools.vmunet_init.init_vmunet_from_vmamba`: encoder tensors copied by name (patch embedding, stage
+    blocks up to the model's depth, patch merging), decoder stage 3-i blocks from encoder stage i blocks; VMamba's norm
+    and head, the decoder's upsampling, ``final_up`` and ``final_conv`` keep their random initialisation."""
+    from hf_medmamba.tools.vmunet_init import init_vmunet_from_vmamba
 
     if config.model_type != "vmunet":
         raise ValueError(f"--encoder_name_or_path initialises a VM-UNet, not a {config.model_type} model")
@@ -331,11 +331,14 @@ def reduce_logits(logits, labels):
 
 def make_compute_metrics(id2label, ignore_index=255):
     """Binary: the ISIC pooled mIoU, DSC, accuracy, specificity, sensitivity and the mean per-image Dice
-    (`hf_medmamba.metrics.binary_segmentation_metrics`); multi-class: per-class and mean Dice and pixel accuracy
-    over all pixels (`hf_medmamba.metrics.multiclass_segmentation_metrics`)."""
+    (`hf_medmamba.tools.metrics.binary_segmentation_metrics`); multi-class: per-class and mean Dice and pixel accuracy
+    over all pixels (`hf_medmamba.tools.metrics.multiclass_segmentation_metrics`)."""
 
     def compute_metrics(eval_prediction):
-        from hf_medmamba.metrics import binary_segmentation_metrics, multiclass_segmentation_metrics  # needs MONAI
+        from hf_medmamba.tools.metrics import (
+            binary_segmentation_metrics,
+            multiclass_segmentation_metrics,
+        )  # needs MONAI
 
         predictions = np.asarray(eval_prediction.predictions)
         labels = np.asarray(eval_prediction.label_ids)

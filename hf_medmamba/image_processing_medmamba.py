@@ -39,5 +39,11 @@ class MedMambaImageProcessor(MedicalImageProcessor):
             kwargs.setdefault("image_std", [0.5])
         super().__init__(**kwargs)
 
+    @classmethod
+    def for_model(cls, config, image_size=None):
+        """The processor for a MedMamba config: its channel count, resized to ``image_size`` (default 224) square."""
+        size = image_size or 224
+        return cls(num_channels=config.num_channels, size={"height": size, "width": size})
+
 
 __all__ = ["MedMambaImageProcessor"]

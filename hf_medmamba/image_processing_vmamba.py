@@ -21,5 +21,10 @@ class VMambaImageProcessor(MedicalImageProcessor):
     image_mean = list(IMAGENET_DEFAULT_MEAN)
     image_std = list(IMAGENET_DEFAULT_STD)
 
+    @classmethod
+    def for_model(cls, config):
+        """The processor for a VMamba config: the ImageNet evaluation transform with the config's channel count."""
+        return cls(num_channels=config.num_channels)
+
 
 __all__ = ["VMambaImageProcessor"]

@@ -87,6 +87,20 @@ class VMUNetImageProcessor(MedicalImageProcessor):
         super().__init__(**kwargs)
         check_modes(self.normalization_mode, self.mask_mode)
 
+    @classmethod
+    def for_model(cls, config, normalization_mode=None, mask_mode=None, image_size=None):
+        """The processor for a VM-UNet config: binary (sigmoid) heads get upstream's ISIC setting (min-max to
+        [0, 255], {0, 255} masks, 256 x 256), multi-class heads the Synapse setting (standard normalisation, index
+        masks, 224 x 224). Each choice can be overridden."""
+        binary = config.sigmoid_head
+        size = image_size or (256 if binary else 224)
+        return cls(
+            num_channels=config.num_channels,
+            normalization_mode=normalization_mode or ("isic" if binary else "standard"),
+            mask_mode=mask_mode or ("binary" if binary else "index"),
+            size={"height": size, "width": size},
+        )
+
     def preprocess(self, images, segmentation_maps=None, **kwargs):
         """Images (and optionally their masks) to `pixel_values` (and `labels`)."""
         return super().preprocess(images, segmentation_maps, **kwargs)

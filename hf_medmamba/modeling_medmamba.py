@@ -2,7 +2,7 @@
 
 Module and parameter names below ``medmamba.`` equal upstream ``VSSM``'s (``patch_embed``, ``layers.{i}.blocks.{j}``,
 ``layers.{i}.downsample``), and the classifier is ``head``, so an upstream state dict loads after a prefix change
-(`hf_medmamba.convert.MEDMAMBA_PREFIXES`).
+(`hf_medmamba.tools.key_maps.MEDMAMBA_PREFIXES`).
 """
 
 import torch

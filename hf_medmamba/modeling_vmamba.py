@@ -2,7 +2,7 @@
 
 Its encoder (`PatchEmbed2D` and a `VSSEncoder` of `VSSBlock`s) is VM-UNet's. Parameter names below ``vmamba.``
 equal the VMamba checkpoint's (``patch_embed``, ``layers.{i}.blocks.{j}``, ``layers.{i}.downsample``, ``norm``) and
-the classifier is ``head`` (`hf_medmamba.convert.VMAMBA_PREFIXES`).
+the classifier is ``head`` (`hf_medmamba.tools.key_maps.VMAMBA_PREFIXES`).
 """
 
 from torch import nn

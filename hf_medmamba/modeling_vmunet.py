@@ -1,7 +1,8 @@
 """VM-UNet (Ruan et al., 2024, "VM-UNet: Vision Mamba UNet for Medical Image Segmentation") for transformers.
 
 Parameter names below ``vmunet.`` equal upstream ``VMUNet.vmunet``'s (``patch_embed``, ``layers``, ``layers_up``,
-``final_up``); upstream's ``vmunet.final_conv`` is the head ``final_conv`` (`hf_medmamba.convert.VMUNET_PREFIXES`).
+``final_up``); upstream's ``vmunet.final_conv`` is the head ``final_conv``
+(`hf_medmamba.tools.key_maps.VMUNET_PREFIXES`).
 """
 
 from dataclasses import dataclass

@@ -88,7 +88,7 @@ def resolve_scan_backend(backend="auto", device="cpu"):
         raise RuntimeError(
             f"scan backend {backend!r} was forced (by {source}) but torch.export is tracing: a compiled kernel cannot "
             "be exported. Export traces the pure-PyTorch formulation 'export' (same results to float32 rounding); "
-            "use scan_backend='auto' or 'export' (hf_medmamba.export switches the model to it for you)."
+            "use scan_backend='auto' or 'export' (hf_medmamba.tools.export switches the model to it for you)."
         )
     if backend in _COMPILED:
         device_type, available, missing = _COMPILED[backend]

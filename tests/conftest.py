@@ -1,5 +1,9 @@
+import importlib
+import importlib.util
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "examples" / "data"  # the bundled datasets (see examples/data/README.md)
+EXAMPLES = REPO / "examples"
+DATA = EXAMPLES / "data"  # the bundled datasets (see examples/data/README.md)
+SCRIPTS = REPO / "conversion"
 FIXTURES = REPO / "tests" / "fixtures"  # upstream reference cases and key lists (see tests/fixtures/README.md)
 SHARED = Path(os.environ.get("HF_MEDMAMBA_SHARED", REPO.parent / "shared"))
 
@@ -156,3 +162,206 @@ def pixel_orders(H, W):
     row_major = [(h, w) for h in range(H) for w in range(W)]
     col_major = [(h, w) for w in range(W) for h in range(H)]
     return [row_major, col_major, row_major[::-1], col_major[::-1]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The remote-code files each model's saved folder carries (the remote-code tests and the Hub tests)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SHARED_FILES = {
+    "configuration_ssm.py",
+    "modeling_common.py",
+    "ss2d.py",
+    "selective_scan.py",
+    "scan_backends.py",
+    "scan_common.py",
+    "scan_directions.py",
+    "scan_reference.py",
+    "scan_chunked.py",
+    "scan_export.py",
+    "scan_kernels.py",
+    "vss_layers.py",
+    "validation.py",
+}
+PROCESSING = {"image_processing_common.py"}
+REMOTE_FILES = {
+    "medmamba": SHARED_FILES
+    | PROCESSING
+    | {"configuration_medmamba.py", "modeling_medmamba.py", "image_processing_medmamba.py"},
+    "vmamba": SHARED_FILES
+    | PROCESSING
+    | {"configuration_vmamba.py", "modeling_vmamba.py", "image_processing_vmamba.py"},
+    "vmunet": SHARED_FILES
+    | PROCESSING
+    | {"configuration_vmunet.py", "modeling_vmunet.py", "losses.py", "image_processing_vmunet.py"},
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Conversion: the scripts in conversion/ and fake upstream checkpoints (the conversion and verification tests)
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY_SIZES = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
+TINY = {**TINY_SIZES, "drop_path_rate": 0.0}
+
+
+def load_script(name):
+    """A conversion/ script as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"conversion_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name, argv, capsys):
+    """Run a script's main through its CLI wrapper: (exit status, stdout, stderr)."""
+    from hf_medmamba.tools.convert import run_cli
+
+    status = run_cli(load_script(name).main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def strip(state_dict, old, new=""):
+    return {(new + k[len(old) :] if k.startswith(old) else k): v.clone() for k, v in state_dict.items()}
+
+
+def upstream_medmamba(model):
+    """Our MedMamba's weights under upstream's key names (the inverse of MEDMAMBA_PREFIXES)."""
+    return strip(model.state_dict(), "medmamba.")
+
+
+def upstream_vmamba(model):
+    return strip(model.state_dict(), "vmamba.")
+
+
+def upstream_vmunet(model):
+    return strip(model.state_dict(), "final_conv.", "vmunet.final_conv.")
+
+
+def perturb(model):
+    """Non-trivial norms, biases and BatchNorm statistics, so that a wrong mapping cannot match by accident."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and ("norm" in name or "bias" in name or "running" in name or ".0." in name):
+                tensor.add_(0.1 * torch.rand(tensor.shape, generator=generator))
+    return model.eval()
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x).logits
+
+
+def read_key_list(name):
+    """An upstream key list as {key: shape}."""
+    return {key: shape for key, (shape, _) in key_list(name).items()}
+
+
+def perturbed_medmamba(**kwargs):
+    """A tiny MedMamba (3 labels) with `perturb`ed weights."""
+    from hf_medmamba import MedMambaConfig, MedMambaForImageClassification
+
+    return perturb(MedMambaForImageClassification(MedMambaConfig(**TINY, num_labels=3, **kwargs)))
+
+
+def perturbed_vmamba(**kwargs):
+    """A tiny VMamba (5 labels unless given) with `perturb`ed weights."""
+    from hf_medmamba import VMambaConfig, VMambaForImageClassification
+
+    kwargs.setdefault("num_labels", 5)
+    return perturb(VMambaForImageClassification(VMambaConfig(**TINY, **kwargs)))
+
+
+def perturbed_vmunet(**kwargs):
+    """A tiny VM-UNet (binary sigmoid head unless labels are given) with `perturb`ed weights."""
+    from hf_medmamba import VMUNetConfig, VMUNetForSegmentation
+
+    if "num_labels" not in kwargs:
+        kwargs.setdefault("id2label", {0: "background", 1: "lesion"})
+        kwargs.setdefault("sigmoid_head", True)
+    return perturb(VMUNetForSegmentation(VMUNetConfig(**TINY, depths_decoder=[1, 1, 1, 1], **kwargs)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saved folders of tiny random models (the remote-code scan and Hub tests)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tiny_model_and_processor(kind):
+    """A tiny random ``"medmamba"``, ``"vmamba"`` or ``"vmunet"`` model and the processor saved with it."""
+    from hf_medmamba import (
+        MedMambaConfig,
+        MedMambaForImageClassification,
+        MedMambaImageProcessor,
+        VMambaConfig,
+        VMambaForImageClassification,
+        VMambaImageProcessor,
+        VMUNetConfig,
+        VMUNetForSegmentation,
+        VMUNetImageProcessor,
+    )
+
+    if kind == "medmamba":
+        config = MedMambaConfig(**TINY_SIZES, id2label={0: "benign", 1: "malignant", 2: "normal"})
+        return MedMambaForImageClassification(config), MedMambaImageProcessor.for_model(config, image_size=64)
+    if kind == "vmamba":
+        config = VMambaConfig(**TINY_SIZES, num_labels=4)
+        return VMambaForImageClassification(config), VMambaImageProcessor.for_model(config)
+    config = VMUNetConfig(
+        **TINY_SIZES, depths_decoder=[1, 1, 1, 1], id2label={0: "background", 1: "lesion"}, sigmoid_head=True
+    )
+    return VMUNetForSegmentation(config), VMUNetImageProcessor.for_model(config)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """Saved folders of the three tiny models, by kind; tests that change one work on a `copy_of` it."""
+    root = tmp_path_factory.mktemp("saved")
+    out = {}
+    for kind in ("medmamba", "vmamba", "vmunet"):
+        model, processor = tiny_model_and_processor(kind)
+        model.save_pretrained(root / kind)
+        processor.save_pretrained(root / kind)
+        out[kind] = root / kind
+    return out
+
+
+def copy_of(folder, tmp_path, name="copy"):
+    return shutil.copytree(folder, tmp_path / name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The example scripts (the end-to-end example tests and the training tests)
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY_MEDMAMBA = '{"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}'
+TINY_VMUNET = '{"depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}'
+
+
+def example(name):
+    """Import an example script as a module (examples/ is not a package)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def data_dir(name):
+    path = DATA / name
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: the examples' bundled data (examples/data) must be in the checkout")
+    return str(path)
+
+
+def common_args(output_dir, cache_dir):
+    return ["--output_dir", str(output_dir), "--cache_dir", cache_dir, "--disable_tqdm", "True", "--seed", "0"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run as fast on one thread, and OpenMP threads that busy-wait slow down badly on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,9 +4,7 @@ Each run checks what the README promises: all_results.json, the confusion matrix
 `pipeline(...)` loads, and for the volumes script the Synapse JSON.
 """
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,44 +22,15 @@ from hf_medmamba import (
     VMUNetImageProcessor,
 )
 
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
-DATA = EXAMPLES / "data"
-TINY_MEDMAMBA = '{"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}'
-TINY_VMUNET = '{"depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}'
+from .conftest import DATA, TINY_MEDMAMBA, TINY_VMUNET, common_args, data_dir, example
 
 
-def example(name):
-    """Import an example script as a module (examples/ is not a package)."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    return importlib.import_module(name)
-
-
-def data_dir(name):
-    path = DATA / name
-    if not path.is_dir():
-        pytest.fail(f"{path} is missing: the examples' bundled data (examples/data) must be in the checkout")
-    return str(path)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="session")
 def datasets_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("datasets_cache"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run as fast on one thread, and OpenMP threads that busy-wait slow down badly on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def common_args(output_dir, cache_dir):
-    return ["--output_dir", str(output_dir), "--cache_dir", cache_dir, "--disable_tqdm", "True", "--seed", "0"]
 
 
 def png_size(path):

@@ -6,7 +6,7 @@ from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, MedMambaImageProcessor, MedMambaModel
-from hf_medmamba.convert import MEDMAMBA_PREFIXES, map_prefixes
+from hf_medmamba.tools.key_maps import MEDMAMBA_PREFIXES, map_prefixes
 
 from .conftest import MEDMAMBA_CASES, busi_cls_images, key_list, upstream_case, upstream_case_kwargs
 from .model_tester import SSMModelTesterMixin

@@ -13,8 +13,8 @@ from hf_medmamba import (
     VMUNetImageProcessor,
     VMUNetModel,
 )
-from hf_medmamba.convert import VMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes
 from hf_medmamba.losses import bce_dice_loss, ce_dice_loss
+from hf_medmamba.tools.key_maps import VMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes
 
 from .conftest import VMUNET_CASES, data_path, key_list, upstream_case, upstream_case_kwargs
 from .model_tester import SSMModelTesterMixin

@@ -26,37 +26,10 @@ from hf_medmamba import (
     VMUNetImageProcessor,
 )
 
-from .conftest import data_path
+from .conftest import REMOTE_FILES, data_path
 
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
-SHARED_FILES = {
-    "configuration_ssm.py",
-    "modeling_common.py",
-    "ss2d.py",
-    "selective_scan.py",
-    "scan_backends.py",
-    "scan_common.py",
-    "scan_directions.py",
-    "scan_reference.py",
-    "scan_chunked.py",
-    "scan_export.py",
-    "scan_kernels.py",
-    "vss_layers.py",
-    "validation.py",
-}
-PROCESSING = {"image_processing_common.py"}
-REMOTE_FILES = {
-    "medmamba": SHARED_FILES
-    | PROCESSING
-    | {"configuration_medmamba.py", "modeling_medmamba.py", "image_processing_medmamba.py"},
-    "vmamba": SHARED_FILES
-    | PROCESSING
-    | {"configuration_vmamba.py", "modeling_vmamba.py", "image_processing_vmamba.py"},
-    "vmunet": SHARED_FILES
-    | PROCESSING
-    | {"configuration_vmunet.py", "modeling_vmunet.py", "losses.py", "image_processing_vmunet.py"},
-}
 TINY = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
 
 

@@ -13,17 +13,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from .conftest import shared_path
-from .test_examples import (
-    DATA,
-    EXAMPLES,
-    TINY_MEDMAMBA,
-    TINY_VMUNET,
-    _one_thread,  # noqa: F401  (an autouse fixture: one torch thread in these tests too)
-    common_args,
-    data_dir,
-    example,
-)
+from .conftest import DATA, EXAMPLES, TINY_MEDMAMBA, TINY_VMUNET, common_args, data_dir, example, shared_path
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ tests/test_selective_scan.py.
 """
 
 import copy
-import importlib
-import sys
-from pathlib import Path
 
 import onnx
 import PIL.Image
@@ -26,7 +23,7 @@ from hf_medmamba import (
     VMUNetForSegmentation,
     VMUNetImageProcessor,
 )
-from hf_medmamba.export import (
+from hf_medmamba.tools.export import (
     ExportError,
     example_input,
     export_onnx,
@@ -35,12 +32,11 @@ from hf_medmamba.export import (
     verify_onnx,
 )
 
-from .conftest import busi_cls_images, data_path
+from ..conftest import busi_cls_images, data_path, example
 
 
 pytestmark = pytest.mark.export
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128]}
 SIZE = 64
 
@@ -258,12 +254,6 @@ def test_onnx_with_a_dynamic_image_size(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def export_cli():
-    if str(REPO / "examples") not in sys.path:
-        sys.path.insert(0, str(REPO / "examples"))
-    return importlib.import_module("export_onnx")
-
-
 def save_folder(tmp_path, model, processor):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -275,7 +265,7 @@ def save_folder(tmp_path, model, processor):
 def test_cli_classification_on_real_images(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_medmamba(), MedMambaImageProcessor(size={"height": SIZE, "width": SIZE}))
     images = data_path("busi_cls", "test")
-    code = export_cli().main(
+    code = example("export_onnx").main(
         ["--model", str(folder), "--output", str(tmp_path / "m.onnx"), "--validate-images", str(images),
          "--max-images", "10", "--batch-size", "4"]
     )  # fmt: skip
@@ -289,7 +279,7 @@ def test_cli_classification_on_real_images(tmp_path, capsys):
 def test_cli_segmentation_on_real_images_with_a_fixed_batch(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_vmunet(), VMUNetImageProcessor(size={"height": SIZE, "width": SIZE}))
     images = data_path("busi_seg", "test", "images")
-    code = export_cli().main(
+    code = example("export_onnx").main(
         ["--model", str(folder), "--output", str(tmp_path / "v.onnx"), "--validate-images", f"{images}/*.png",
          "--max-images", "3", "--no-dynamic-batch", "--batch-size", "2"]
     )  # fmt: skip
@@ -300,7 +290,7 @@ def test_cli_segmentation_on_real_images_with_a_fixed_batch(tmp_path, capsys):
 
 def test_cli_fails_without_images(tmp_path, capsys):
     folder = save_folder(tmp_path, tiny_medmamba(), MedMambaImageProcessor(size={"height": SIZE, "width": SIZE}))
-    code = export_cli().main(
+    code = example("export_onnx").main(
         ["--model", str(folder), "--output", str(tmp_path / "m.onnx"), "--validate-images", str(tmp_path / "none")]
     )
     assert code == 2

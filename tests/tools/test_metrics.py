@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_medmamba.metrics import (
+from hf_medmamba.tools.metrics import (
     binary_segmentation_metrics,
     classification_metrics,
     multiclass_segmentation_metrics,

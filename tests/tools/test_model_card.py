@@ -8,11 +8,11 @@ import yaml
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from hf_medmamba import MedMambaConfig, MedMambaForImageClassification
-from hf_medmamba.convert import medmamba_processor
-from hf_medmamba.model_card import BASE_TAGS, TEMPLATE_PATH, build_model_card, example_cards, load_eval_results
+from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, MedMambaImageProcessor
+from hf_medmamba.tools.model_card import TEMPLATE_PATH, build_model_card, example_cards, load_eval_results
+from hf_medmamba.tools.model_card_texts import BASE_TAGS
 
-from .conftest import REPO, data_path
+from ..conftest import REPO, data_path
 
 
 CARD_TYPES = {
@@ -48,7 +48,7 @@ def front_matter(text):
 
 def tiny_card(**kwargs):
     config = MedMambaConfig(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], id2label={0: "benign", 1: "malignant"})
-    return build_model_card(config, medmamba_processor(config), **kwargs)
+    return build_model_card(config, MedMambaImageProcessor.for_model(config), **kwargs)
 
 
 @pytest.mark.parametrize("name", sorted(CARD_TYPES))
@@ -135,7 +135,7 @@ def test_template_is_package_data():
 
 
 def test_example_cards_in_the_repository_are_current(cards, tmp_path):
-    """model_cards/*.md are generated (hf_medmamba.model_card.write_example_cards); re-render and compare."""
+    """model_cards/*.md are generated (hf_medmamba.tools.model_card.write_example_cards); re-render and compare."""
     for name, card in cards.items():
         card.save(tmp_path / f"{name}.md")
         assert (REPO / "model_cards" / f"{name}.md").read_text() == (tmp_path / f"{name}.md").read_text(), name
@@ -145,7 +145,7 @@ def test_loading_instructions_with_the_package_installed(tmp_path):
     """The card's second recipe: with hf_medmamba imported, trust_remote_code=False uses the package's classes."""
     config = MedMambaConfig(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], id2label={0: "benign", 1: "malignant"})
     model = MedMambaForImageClassification(config).eval()
-    processor = medmamba_processor(config, image_size=64)
+    processor = MedMambaImageProcessor.for_model(config, image_size=64)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     classifier = pipeline("image-classification", model=str(tmp_path), trust_remote_code=False)
@@ -158,13 +158,12 @@ def test_loading_instructions_with_the_package_installed(tmp_path):
 
 
 def test_a_trained_card_describes_its_own_data_not_the_upstream_setting():
-    from hf_medmamba import VMUNetConfig
-    from hf_medmamba.convert import vmunet_processor
+    from hf_medmamba import VMUNetConfig, VMUNetImageProcessor
 
     config = VMUNetConfig.from_preset("vmunet-paper")
-    converted = build_model_card(config, vmunet_processor(config))
+    converted = build_model_card(config, VMUNetImageProcessor.for_model(config))
     trained = build_model_card(
-        config, vmunet_processor(config), status="trained", training_data=["BUSI ultrasound, 75 images."]
+        config, VMUNetImageProcessor.for_model(config), status="trained", training_data=["BUSI ultrasound, 75 images."]
     )
     assert {"skin-lesion", "dermoscopy"} <= set(converted.data.tags)
     assert not {"skin-lesion", "dermoscopy"} & set(trained.data.tags)

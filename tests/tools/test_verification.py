@@ -1,4 +1,4 @@
-"""The verification rules of `hf_medmamba.verification`: weights bit for bit, outputs within float32 rounding.
+"""The verification rules of `hf_medmamba.tools.verification`: weights bit for bit, outputs within float32 rounding.
 
 Float32 rounding between scan backends must pass; a one-entry weight change, a wrong scan-direction order and a dropped
 bias must fail. The deepest presets convert and pass their own fresh-process verification (``slow``).
@@ -10,13 +10,15 @@ import torch
 from hf_medmamba import (
     MedMambaConfig,
     MedMambaForImageClassification,
+    MedMambaImageProcessor,
     VMambaConfig,
     VMambaForImageClassification,
     VMUNetConfig,
     VMUNetForSegmentation,
 )
-from hf_medmamba.convert import MEDMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes, medmamba_processor, write_folder
-from hf_medmamba.verification import (
+from hf_medmamba.tools.folders import write_folder
+from hf_medmamba.tools.key_maps import MEDMAMBA_PREFIXES, VMUNET_PREFIXES, map_prefixes
+from hf_medmamba.tools.verification import (
     OUTPUT_ATOL,
     OUTPUT_RTOL,
     VerificationError,
@@ -26,11 +28,12 @@ from hf_medmamba.verification import (
     verify_folder,
 )
 
-from .conftest import upstream_case, upstream_case_kwargs
-from .test_convert import (
+from ..conftest import (
     TINY,
     perturb,
     run_script,
+    upstream_case,
+    upstream_case_kwargs,
     upstream_medmamba,
     upstream_vmamba,
 )
@@ -160,7 +163,7 @@ def test_wrong_direction_order_or_dropped_bias_fails_the_output_check(case, brea
 
 def test_verify_folder_catches_a_weight_change_after_saving(tmp_path):
     model = perturb(MedMambaForImageClassification(MedMambaConfig(**TINY, num_labels=3)))
-    write_folder(model, medmamba_processor(model.config), tmp_path / "ok")  # verifies
+    write_folder(model, MedMambaImageProcessor.for_model(model.config), tmp_path / "ok")  # verifies
     with torch.no_grad():
         model.head.bias[0] += 1e-3  # the in-memory model no longer equals the folder
     with pytest.raises(VerificationError, match=r"1 of \d+ tensors differ.*head\.bias"):

@@ -22,11 +22,11 @@ from hf_medmamba import (
     VMUNetConfig,
     VMUNetForSegmentation,
     VMUNetImageProcessor,
-    cli,
 )
 from hf_medmamba.configuration_vmunet import SYNAPSE_LABELS
+from hf_medmamba.tools import cli, cli_inputs
 
-from .conftest import data_path
+from ..conftest import data_path
 
 
 CLASSES = {0: "benign", 1: "malignant", 2: "normal"}
@@ -107,10 +107,10 @@ def test_console_script_and_module_run(monkeypatch, capsys):
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "predict" in result.stdout
-    monkeypatch.setattr(sys, "argv", ["hf_medmamba.cli", "predict", "--help"])
-    monkeypatch.delitem(sys.modules, "hf_medmamba.cli")  # run it afresh as __main__, as python -m does
+    monkeypatch.setattr(sys, "argv", ["hf_medmamba.tools.cli", "predict", "--help"])
+    monkeypatch.delitem(sys.modules, "hf_medmamba.tools.cli")  # run it afresh as __main__, as python -m does
     with pytest.raises(SystemExit) as exit_:
-        runpy.run_module("hf_medmamba.cli", run_name="__main__")
+        runpy.run_module("hf_medmamba.tools.cli", run_name="__main__")
     assert exit_.value.code == 0
     assert "--window" in capsys.readouterr().out
 
@@ -266,7 +266,7 @@ def test_dicom_segmentation_with_rescale(models, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     path = ct_small()
     ds = pydicom.dcmread(path)
-    frames, invert = cli.read_dicom(path)
+    frames, invert = cli_inputs.read_dicom(path)
     assert not invert and len(frames) == 1
     expected_hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
     np.testing.assert_array_equal(frames[0], expected_hu)
@@ -354,7 +354,7 @@ def test_input_collection_and_output_names(tmp_path):
     out = tmp_path / "a" / "out"
     out.mkdir()
     (out / "old_mask.png").write_bytes(b"")  # earlier outputs inside an input folder are not inputs
-    found, unmatched = cli.collect_inputs(
+    found, unmatched = cli_inputs.collect_inputs(
         [str(tmp_path / "a"), str(tmp_path / "a" / "x.png"), str(tmp_path / "*" / "x.png"), "nothing*.png"], out
     )
     assert [f.relative_to(tmp_path).as_posix() for f, _ in found] == [
@@ -364,6 +364,6 @@ def test_input_collection_and_output_names(tmp_path):
         "b/x.png",
     ]
     assert unmatched == ["nothing*.png"]
-    stems = cli.output_stems([relative for _, relative in found])
+    stems = cli_inputs.output_stems([relative for _, relative in found])
     assert [s.as_posix() for s in stems] == ["x_dcm", "x_png", "deep/y", "b/x"]
-    assert cli.output_stems([Path("x.png"), Path("x.png")]) == [Path("x_png"), Path("x_png_2")]
+    assert cli_inputs.output_stems([Path("x.png"), Path("x.png")]) == [Path("x_png"), Path("x_png_2")]

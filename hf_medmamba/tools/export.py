@@ -12,7 +12,7 @@ the presets); the batch is dynamic or fixed. Pre- and post-processing (the image
 
 This module is not part of the Hub remote code: no modeling file imports it. Usage::
 
-    from hf_medmamba.export import export_onnx, verify_onnx
+    from hf_medmamba.tools.export import export_onnx, verify_onnx
 
     path = export_onnx(model, "medmamba.onnx", image_size=224)
     check = verify_onnx(path, model, processor(images, return_tensors="pt")["pixel_values"], image_processor=processor)
@@ -228,7 +228,7 @@ def predictions(logits, image_processor=None):
 @dataclass
 class OnnxCheck:
     """What `verify_onnx` found: ``ok`` when the logits agree within ``tolerance`` (``atol + rtol * max |torch
-    logits|``, the rule of `hf_medmamba.verification`) and the predictions are identical."""
+    logits|``, the rule of `hf_medmamba.tools.verification`) and the predictions are identical."""
 
     task: str
     num_images: int

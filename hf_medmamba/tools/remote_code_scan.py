@@ -1,8 +1,6 @@
-"""Publishing a converted or trained folder on the Hugging Face Hub, and the safety scan of its remote-code files.
-
-`scan_remote_code` reads every ``.py`` file of a saved folder with `ast` (nothing is imported or run) and reports
-network access, dynamic code execution, pickle loading, process execution and import-time side effects. `push_folder`
-uploads a folder as one commit after the scan and a fresh-process load check. Not part of the remote-code files.
+"""The static safety scan of a saved folder's remote code: every ``.py`` file is read with `ast` (nothing is imported
+or run) and checked for network access, dynamic code execution, pickle loading, process execution, import-time side
+effects and files that are not hf_medmamba's remote code; the ``auto_map`` entries must point to shipped files.
 """
 
 import ast
@@ -11,22 +9,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .convert import sha256_file
-from .verification import VerificationError, verify_folder
+from .verification import VerificationError
 
 
-# Entry points of the remote code: `save_pretrained` copies these and, transitively, the siblings they import.
-REMOTE_CODE_ENTRY_PATTERNS = ("configuration_*.py", "modeling_*.py", "image_processing_*.py")
-# Package modules that must never be shipped as remote code (tooling, not model code).
-NOT_REMOTE_CODE = {
-    "__init__.py": "the package entry point (registers the Auto classes)",
-    "cli.py": "the prediction command line",
-    "convert.py": "the checkpoint converters",
-    "export.py": "the ONNX / torch.export tooling",
-    "hub.py": "the Hub tooling",
-    "metrics.py": "the evaluation metrics",
-    "model_card.py": "the model-card builder",
-}
+# The package folder: its flat modules are the remote code; the modules of its sub-packages never are.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 NETWORK_MODULES = {
     "aiohttp",
@@ -85,22 +72,23 @@ OPTIONAL_DEPENDENCIES = {
 
 @lru_cache(maxsize=1)
 def remote_code_files():
-    """The flat files a saved folder may contain: the package's configuration / modeling / image-processing modules
-    and every sibling they import at module level (``from .x import``), transitively (e.g. ``ss2d.py``,
-    ``selective_scan.py``). Lazy imports inside functions (the compiled-kernel loader) are not followed."""
-    package = Path(__file__).parent
-    todo = sorted({p.name for pattern in REMOTE_CODE_ENTRY_PATTERNS for p in package.glob(pattern)})
-    found = set()
-    while todo:
-        name = todo.pop()
-        if name in found or not (package / name).is_file():
-            continue
-        found.add(name)
-        tree = ast.parse((package / name).read_text(encoding="utf-8"))
-        for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
-                todo.append(node.module.split(".")[0] + ".py")
-    return frozenset(found)
+    """The files a saved folder may contain: the flat modules of ``hf_medmamba/`` except ``__init__.py``.
+
+    `save_pretrained` copies a model's, configuration's and processor's modules and the siblings they import; the
+    tooling lives in sub-packages, which it never copies."""
+    return frozenset(path.name for path in PACKAGE_DIR.glob("*.py") if path.name != "__init__.py")
+
+
+@lru_cache(maxsize=1)
+def not_remote_code():
+    """Package modules that must never be shipped, by file name: ``__init__.py`` and every module of a sub-package
+    (``convert.py`` -> ``hf_medmamba.tools.convert``), each with what it is."""
+    found = {"__init__.py": "the package entry point (registers the Auto classes)"}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.parent != PACKAGE_DIR and path.name not in remote_code_files():
+            module = ".".join(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+            found.setdefault(path.name, f"the package module {module}")
+    return found
 
 
 class RemoteCodeError(VerificationError):
@@ -283,7 +271,7 @@ def _check_local_import(node, name, shipped, guarded, report):
                 leaf = full.split(".")[-1] + ".py"
                 if leaf in shipped:
                     continue
-                what = NOT_REMOTE_CODE.get(leaf, "a module of the installed package")
+                what = not_remote_code().get(leaf, "a module of the installed package")
                 report.notes.append(
                     f"{name}:{node.lineno} imports {full} lazily inside a guarded block: {leaf} ({what}) is not among "
                     "the shipped files, so remote code falls back to the pure-PyTorch scan unless hf_medmamba is "
@@ -319,7 +307,7 @@ def scan_remote_code(folder, strict_files=True):
     ``torch.load`` without ``weights_only=True``, ``numpy.load`` with ``allow_pickle``), subprocess / ``os.system``,
     module-level statements other than imports, definitions, constant assignments and docstrings, relative imports
     of files that are missing, unguarded imports of hf_medmamba or optional dependencies, package modules that are
-    not remote code (`NOT_REMOTE_CODE`), and, with ``strict_files``, any ``.py`` file outside `remote_code_files`.
+    not remote code (`not_remote_code`), and, with ``strict_files``, any ``.py`` file outside `remote_code_files`.
     Imports inside ``try`` blocks or functions are allowed and reported as notes.
     """
     folder = Path(folder)
@@ -329,8 +317,8 @@ def scan_remote_code(folder, strict_files=True):
     shipped = {path.name for path in files}
     report = ScanReport(folder=folder, files=sorted(shipped))
     for path in files:
-        if path.name in NOT_REMOTE_CODE:
-            report.problems.append((path.name, 0, f"is {NOT_REMOTE_CODE[path.name]}, not remote code; remove it"))
+        if path.name in not_remote_code():
+            report.problems.append((path.name, 0, f"is {not_remote_code()[path.name]}, not remote code; remove it"))
             continue
         if strict_files and path.name not in remote_code_files():
             report.problems.append((path.name, 0, "is not one of hf_medmamba's remote-code files"))
@@ -339,135 +327,3 @@ def scan_remote_code(folder, strict_files=True):
     if not files:
         report.problems.append(("(folder)", 0, "has no .py files: it cannot load with trust_remote_code=True"))
     return report
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Upload
-# ----------------------------------------------------------------------------------------------------------------------
-
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib"}
-
-
-@dataclass
-class UploadFile:
-    path: Path
-    path_in_repo: str
-    size: int
-    sha256: str
-
-
-def upload_plan(folder):
-    """The files to upload (top-level regular files; no hidden files, no pickle files such as Trainer's
-    ``training_args.bin``) and the skipped entries with the reason. Raises when a required file is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RemoteCodeError(f"{folder} is not a directory.")
-    files, skipped = [], []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            skipped.append((path.name, "hidden"))
-        elif path.is_dir():
-            skipped.append((path.name + "/", "sub-folder (only the folder's top level is uploaded)"))
-        elif path.suffix in PICKLE_SUFFIXES:
-            skipped.append((path.name, "pickle-format file (not uploaded; weights go as safetensors)"))
-        elif path.is_symlink() or not path.is_file():
-            skipped.append((path.name, "not a regular file"))
-        else:
-            files.append(UploadFile(path, path.name, path.stat().st_size, sha256_file(path)))
-    names = {f.path_in_repo for f in files}
-    missing = [n for n in ("config.json", "README.md") if n not in names]
-    if not ({"model.safetensors", "model.safetensors.index.json"} & names):
-        missing.append("model.safetensors")
-    if missing:
-        hint = (
-            " A converted folder has all of them; for a trained folder write the card with "
-            "hf_medmamba.model_card.card_for_folder(folder).save(folder / 'README.md') or pass --write-card."
-            if "README.md" in missing
-            else ""
-        )
-        raise RemoteCodeError(f"{folder} lacks {missing}.{hint}")
-    return files, skipped
-
-
-def _readable_size(size):
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"
-
-
-@dataclass
-class PushResult:
-    repo_id: str
-    files: list
-    skipped: list
-    scan: ScanReport
-    verification: dict
-    dry_run: bool
-    commit_url: str | None = None
-
-
-def push_folder(
-    folder,
-    repo_id,
-    private=False,
-    revision=None,
-    commit_message=None,
-    dry_run=False,
-    verify=True,
-    api=None,
-    log=print,
-):
-    """Upload a converted or trained folder to the Hub as a single commit.
-
-    Before anything is sent: the file list (`upload_plan`), the remote-code scan (`scan_remote_code`; a failure
-    stops here) and, unless ``verify`` is False, a load with ``trust_remote_code=True`` in a fresh process whose
-    outputs must equal the folder loaded here (`hf_medmamba.convert.verify_folder`). With ``dry_run`` nothing is
-    uploaded. The token comes from huggingface_hub's login or ``HF_TOKEN`` and is never printed or stored.
-    """
-    folder = Path(folder)
-    files, skipped = upload_plan(folder)
-    scan = scan_remote_code(folder)
-    log(scan.format())
-    if not scan.ok:
-        raise RemoteCodeError(
-            "the remote-code scan failed: " + "; ".join(f"{f}:{line}: {m}" for f, line, m in scan.problems)
-        )
-    verification = {}
-    if verify:
-        try:
-            verification = verify_folder(folder)
-        except VerificationError as err:
-            raise RemoteCodeError(str(err)) from None
-        diff, tolerance = verification["remote_max_abs_diff"], verification["remote_tolerance"]
-        log(
-            "fresh-process check: loads with trust_remote_code=True, weights identical bit for bit, outputs max abs "
-            f"diff {diff:.2e} (tolerance {tolerance:.2e})"
-        )
-    target = f"{repo_id}" + (f" (revision {revision})" if revision else "")
-    log(f"{'would upload' if dry_run else 'uploading'} {len(files)} file(s) to {target} in one commit:")
-    for item in files:
-        log(f"  {item.path_in_repo:40s} {_readable_size(item.size):>10s}  sha256 {item.sha256}")
-    for name, reason in skipped:
-        log(f"  skipped {name}: {reason}")
-    result = PushResult(repo_id, files, skipped, scan, verification, dry_run)
-    if dry_run:
-        return result
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    api = api or HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    operations = [CommitOperationAdd(path_in_repo=f.path_in_repo, path_or_fileobj=str(f.path)) for f in files]
-    info = api.create_commit(
-        repo_id,
-        operations=operations,
-        commit_message=commit_message or f"Upload {folder.name} (hf_medmamba)",
-        revision=revision,
-        repo_type="model",
-    )
-    result.commit_url = getattr(info, "commit_url", None) or str(info)
-    log(f"committed: {result.commit_url}")
-    return result
