@@ -60,6 +60,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+TRAIN_EVAL = ["--do_train", "--do_eval"]  # off unless given, as in transformers' scripts
+
+
 def common_args(output_dir, cache_dir):
     return ["--output_dir", str(output_dir), "--cache_dir", cache_dir, "--disable_tqdm", "True", "--seed", "0"]
 
@@ -84,7 +87,7 @@ def test_classification_script_end_to_end(tmp_path, datasets_cache):
         [
             "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
             "--recipe", "medmamba", "--image_size", "32", "--max_train_samples", "6", "--max_eval_samples", "6",
-            "--max_steps", "2", "--per_device_train_batch_size", "3", *common_args(out, datasets_cache),
+            "--max_steps", "2", "--per_device_train_batch_size", "3", *TRAIN_EVAL, *common_args(out, datasets_cache),
         ]
     )  # fmt: skip
     assert results["class_names"] == ["benign", "malignant", "normal"]
@@ -117,7 +120,7 @@ def test_classification_script_end_to_end(tmp_path, datasets_cache):
     results = script.main(
         [
             "--data_dir", data_dir("busi_cls"), "--model_name_or_path", str(out), "--image_size", "64",
-            "--max_train_samples", "3", "--max_steps", "1", "--per_device_train_batch_size", "3", "--do_eval", "False",
+            "--max_train_samples", "3", "--max_steps", "1", "--per_device_train_batch_size", "3", "--do_train",
             *common_args(again, datasets_cache),
         ]
     )  # fmt: skip
@@ -137,7 +140,7 @@ def test_binary_segmentation_script_end_to_end(tmp_path, datasets_cache):
         [
             "--data_dir", data_dir("busi_seg"), "--config_overrides", TINY_VMUNET, "--recipe", "isic",
             "--image_size", "64", "--max_train_samples", "4", "--max_eval_samples", "3", "--num_overlays", "2",
-            "--max_steps", "2", "--per_device_train_batch_size", "2", *common_args(out, datasets_cache),
+            "--max_steps", "2", "--per_device_train_batch_size", "2", *TRAIN_EVAL, *common_args(out, datasets_cache),
         ]
     )  # fmt: skip
     model = results["trainer"].model
@@ -168,7 +171,7 @@ def test_multiclass_segmentation_on_ct_slices(tmp_path, datasets_cache):
             "--data_dir", data_dir("ct_abdomen_organs/slices"), "--config_overrides", TINY_VMUNET,
             "--recipe", "synapse", "--image_size", "64", "--max_train_samples", "4", "--max_eval_samples", "3",
             "--train_val_split", "0.2", "--num_overlays", "1", "--max_steps", "1", "--per_device_train_batch_size", "4",
-            *common_args(out, datasets_cache),
+            *TRAIN_EVAL, *common_args(out, datasets_cache),
         ]
     )  # fmt: skip
     config = json.loads((out / "config.json").read_text())
@@ -211,7 +214,8 @@ def test_transformers_baselines_train_with_the_same_recipe(
         [
             "--data_dir", data_dir(data), "--model_type", model_type, "--config_overrides", overrides,
             "--recipe", recipe, "--image_size", size, "--max_train_samples", "4", "--max_eval_samples", "2",
-            "--max_steps", "1", "--per_device_train_batch_size", "4", *extra, *common_args(tmp_path, datasets_cache),
+            "--max_steps", "1", "--per_device_train_batch_size", "4", *extra, *TRAIN_EVAL,
+            *common_args(tmp_path, datasets_cache),
         ]
     )  # fmt: skip
     trainer = results["trainer"]
@@ -230,7 +234,7 @@ def test_vmunet_encoder_initialised_from_vmamba_like_upstream_load_from(tmp_path
     arguments = [
         "--data_dir", data_dir("busi_seg"), "--preset", "vmunet-paper", "--config_overrides",
         '{"depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 2], "dims": [16, 32, 64, 128]}',
-        "--encoder_name_or_path", str(tmp_path / "vmamba"), "--do_train", "False", "--do_eval", "False",
+        "--encoder_name_or_path", str(tmp_path / "vmamba"),
         *common_args(tmp_path / "out", datasets_cache),
     ]  # fmt: skip
     results = example("run_semantic_segmentation").main(arguments)

@@ -57,14 +57,14 @@ class StopAt(TrainerCallback):
 def classification_args(output_dir, cache_dir, *extra):
     return [
         "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
-        "--image_size", "32", "--do_eval", "False", *common_args(output_dir, cache_dir), *extra,
+        "--image_size", "32", "--do_train", *common_args(output_dir, cache_dir), *extra,
     ]  # fmt: skip
 
 
 def segmentation_args(output_dir, cache_dir, *extra):
     return [
         "--data_dir", data_dir("busi_seg"), "--config_overrides", TINY_VMUNET, "--image_size", "32",
-        "--do_eval", "False", *common_args(output_dir, cache_dir), *extra,
+        "--do_train", *common_args(output_dir, cache_dir), *extra,
     ]  # fmt: skip
 
 
