@@ -161,8 +161,8 @@ def dataset_id2label(data_args, cache_dir=None, token=None):
     elif name:
         try:
             path = hf_hub_download(name, "id2label.json", repo_type="dataset", cache_dir=cache_dir, token=token)
-        except EntryNotFoundError:
-            logger.info(f"The dataset {name} has no id2label.json")
+        except EntryNotFoundError as err:  # missing in the repository, or offline and not cached
+            logger.info(f"No id2label.json for the dataset {name} ({type(err).__name__})")
             return None
     else:
         return None

@@ -15,7 +15,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from transformers import pipeline
+from transformers import TrainerCallback, pipeline
 
 from hf_medmamba import (
     MedMambaConfig,
@@ -28,7 +28,7 @@ from hf_medmamba import (
     VMUNetImageProcessor,
 )
 
-from .hub_stand_in import FakeHfApi, LocalHub, names  # noqa: F401  (names: used below)
+from .hub_stand_in import FakeHfApi, LocalHub, names
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -604,3 +604,117 @@ def test_medmnist_files_are_checked_and_named(tmp_path):
                 "--do_predict", "--output_dir", str(tmp_path),
             ]
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Publishing from training: after evaluation, once, through hf_medmamba.hub.push_folder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RecordEvaluations(TrainerCallback):
+    """Adds an event per evaluation or prediction to the fake Hub API's event list."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.events.append(("evaluate", {"keys": sorted(metrics or {})}))
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self.events.append(("predict", {"keys": sorted(metrics or {})}))
+
+
+def test_push_to_hub_publishes_the_evaluated_folder_once(tmp_path, datasets_cache, fake_hf_api):
+    """train -> evaluate -> test -> the package's card -> one commit of the whole folder (no pickle, no
+    checkpoints); the Trainer itself never pushes. A bare --hub_model_id goes to the token owner's namespace."""
+    out = tmp_path / "medmamba-breastmnist"
+    results = example("run_image_classification").main(
+        [
+            "--medmnist_file", str(BREASTMNIST), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
+            "--image_size", "32", "--max_train_samples", "8", "--max_eval_samples", "16", "--max_predict_samples", "16",
+            "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1", "--save_steps", "1", "--do_predict",
+            "--push_to_hub", "--hub_model_id", "medmamba-bm", "--hub_private_repo", "True",
+            "--hub_token", "hf_write_token", *TRAIN_EVAL, *common_args(out, datasets_cache),
+        ],
+        callbacks=[RecordEvaluations(fake_hf_api)],
+    )  # fmt: skip
+    assert results["trainer"].args.push_to_hub is False  # the Trainer never pushes
+    events = names(fake_hf_api)
+    assert events.count("create_commit") == 1 and "upload_folder" not in events
+    last_evaluation = max(i for i, name in enumerate(events) if name in ("evaluate", "predict"))
+    assert events.index("create_repo") > last_evaluation  # nothing reaches the Hub before evaluation is over
+    assert events[-3:] == ["predict", "create_repo", "create_commit"]  # eval (step 1, 2, final), then test
+    assert ("HfApi", {"token": "hf_write_token"}) in fake_hf_api
+    (create,) = [info for name, info in fake_hf_api if name == "create_repo"]
+    (commit,) = [info for name, info in fake_hf_api if name == "create_commit"]
+    assert create["repo_id"] == commit["repo_id"] == f"{FakeHfApi.user}/medmamba-bm" and create["private"] is True
+    assert results["hub"]["repo_id"] == f"{FakeHfApi.user}/medmamba-bm"
+
+    uploaded = set(commit["contents"])
+    top_level = {p.name for p in out.iterdir() if p.is_file()}
+    assert (out / "training_args.bin").is_file() and (out / "checkpoint-2").is_dir()
+    assert uploaded == top_level - {"training_args.bin"}  # no pickle, no checkpoint folders
+    assert {"README.md", "model.safetensors", "config.json", "preprocessor_config.json", "modeling_medmamba.py"} <= (
+        uploaded
+    )
+    assert {"all_results.json", "test_report.json", "confusion_matrix.png"} <= uploaded
+    card = ModelCard(commit["contents"]["README.md"].decode())
+    all_results = json.loads((out / "all_results.json").read_text())
+    metrics = {r.metric_name: (r.metric_value, r.dataset_split) for r in card.data.eval_results}
+    assert metrics["Accuracy"] == (round(all_results["test_accuracy"], 4), "test")
+    assert metrics["One-vs-rest AUC"] == (round(all_results["test_auc"], 4), "test")
+    assert card.data.base_model is None and card.data.datasets is None and card.data.license == "apache-2.0"
+    assert f"{FakeHfApi.user}/medmamba-bm" in card.text  # the loading examples name the repository
+    assert commit["contents"]["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+
+def test_published_segmentation_card_names_its_base_model_and_dataset(
+    tmp_path, datasets_cache, fake_hf_api, local_hub, monkeypatch
+):
+    """VM-UNet started from converted VMamba weights (--base_model names them on the Hub) on a Hub dataset: the card
+    gets base_model and datasets, and the upload carries it."""
+    import datasets
+
+    torch.manual_seed(0)
+    VMambaForImageClassification(
+        VMambaConfig(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], id2label={0: "a", 1: "b"})
+    ).save_pretrained(tmp_path / "vmamba")
+    busi = datasets.load_dataset("imagefolder", data_dir=data_dir("busi_seg"), cache_dir=datasets_cache)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: busi)
+    (tmp_path / "dataset_repo").mkdir()
+    local_hub.add("lab/busi-seg", tmp_path / "dataset_repo", repo_type="dataset")  # no id2label.json: binary names
+    out = tmp_path / "vmunet-busi"
+    example("run_semantic_segmentation").main(
+        [
+            "--dataset_name", "lab/busi-seg", "--preset", "vmunet-paper", "--config_overrides", TINY_VMUNET,
+            "--encoder_name_or_path", str(tmp_path / "vmamba"), "--base_model", "lab/vmamba-s-v0",
+            "--image_size", "32", "--max_train_samples", "2", "--max_eval_samples", "2", "--max_steps", "1",
+            "--num_overlays", "0", "--push_to_hub", "--hub_model_id", "lab/vmunet-busi", "--hub_revision", "dev",
+            *TRAIN_EVAL, *common_args(out, datasets_cache),
+        ]
+    )  # fmt: skip
+    assert names(fake_hf_api) == ["HfApi", "create_repo", "create_branch", "create_commit"]  # no whoami: a full id
+    assert local_hub.paths("HEAD") == ["/datasets/lab/busi-seg/resolve/main/id2label.json"]
+    (commit,) = [info for name, info in fake_hf_api if name == "create_commit"]
+    assert commit["repo_id"] == "lab/vmunet-busi" and commit["revision"] == "dev"
+    card = ModelCard(commit["contents"]["README.md"].decode())
+    assert card.data.base_model == "lab/vmamba-s-v0" and card.data.datasets == ["lab/busi-seg"]
+    assert {r.dataset_type for r in card.data.eval_results} == {"lab/busi-seg"}
+    assert "DSC (pooled over all pixels)" in {r.metric_name for r in card.data.eval_results}
+
+
+def test_hub_flags_that_cannot_be_honoured_are_refused_before_training(tmp_path, datasets_cache, fake_hf_api):
+    base = [
+        "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
+        "--image_size", "32", "--max_train_samples", "2", "--max_steps", "1", *common_args(tmp_path, datasets_cache),
+    ]  # fmt: skip
+    script = example("run_image_classification")
+    with pytest.raises(ValueError, match="--hub_strategy every_save is not supported"):
+        script.main([*base, "--do_train", "--push_to_hub", "--hub_strategy", "every_save"])
+    with pytest.raises(ValueError, match="--hub_strategy checkpoint is not supported"):
+        script.main([*base, "--do_train", "--hub_strategy", "checkpoint"])
+    with pytest.raises(ValueError, match="add --do_train"):
+        script.main([*base, "--do_eval", "--push_to_hub"])
+    with pytest.raises(ValueError, match="'convnext' model is not one"):
+        script.main([*base, "--do_train", "--push_to_hub", "--model_type", "convnext"])
+    assert fake_hf_api == [] and not (tmp_path / "model.safetensors").exists()  # refused before any work
