@@ -133,6 +133,23 @@ def check_splits(splits, training_args):
         )
 
 
+def prepare_splits(splits, data_args, seed, transform, train_transform):
+    """Seeded subsets of at most ``--max_train_samples`` / ``--max_eval_samples`` / ``--max_predict_samples``
+    examples, an ``example_index`` on the training examples and the on-the-fly transforms (``train_transform`` for
+    train, ``transform`` for the others), in place. Returns the example counts."""
+    splits.train = limit(splits.train, data_args.max_train_samples, seed)
+    splits.eval = limit(splits.eval, data_args.max_eval_samples, seed).with_transform(transform)
+    splits.test = limit(splits.test, data_args.max_predict_samples, seed)
+    sizes = {"num_train_examples": 0, "num_eval_examples": len(splits.eval)}
+    if splits.train is not None:
+        splits.train = with_example_index(splits.train).with_transform(train_transform)
+        sizes["num_train_examples"] = len(splits.train)
+    if splits.test is not None:
+        splits.test = splits.test.with_transform(transform)
+        sizes["num_test_examples"] = len(splits.test)
+    return sizes
+
+
 def limit(dataset, max_samples, seed):
     """At most ``max_samples`` examples, a seeded random subset (all of them when None)."""
     if dataset is None or max_samples is None or max_samples >= len(dataset):

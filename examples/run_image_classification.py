@@ -53,11 +53,10 @@ from example_data import (
     ImageDataArguments,
     SeededAugmentation,
     check_splits,
-    limit,
     load_image_datasets,
+    prepare_splits,
     split_roles,
     to_uint8_array,
-    with_example_index,
 )
 from example_publishing import HubPublisher, finish_run, take_hub_settings
 from example_utils import (
@@ -300,28 +299,22 @@ def main(argv=None, callbacks=None):
     height, width = input_size(processor)
     logger.info(f"Model {type(model).__name__} ({model.num_parameters():,} parameters), input {height}x{width}")
 
-    seed = training_args.seed
-    train_dataset = limit(splits.train, data_args.max_train_samples, seed)
-    train_dataset = with_example_index(train_dataset) if train_dataset is not None else None
-    splits.eval = limit(splits.eval, data_args.max_eval_samples, seed)
-    splits.test = limit(splits.test, data_args.max_predict_samples, seed)
-    sizes = {"num_train_examples": len(train_dataset or []), "num_eval_examples": len(splits.eval)}
-    if splits.test is not None:
-        sizes["num_test_examples"] = len(splits.test)
-    log_process(training_args, sizes["num_train_examples"], sizes["num_eval_examples"])
-    augmentation = build_augmentation(data_args.augmentation, (height, width), seed)
+    augmentation = build_augmentation(data_args.augmentation, (height, width), training_args.seed)
     columns = (data_args.image_column_name, data_args.label_column_name, label2id)
-    if train_dataset is not None:
-        train_dataset = train_dataset.with_transform(ClassificationTransform(processor, *columns, augmentation))
-    splits.eval = splits.eval.with_transform(ClassificationTransform(processor, *columns))
-    if splits.test is not None:
-        splits.test = splits.test.with_transform(ClassificationTransform(processor, *columns))
+    sizes = prepare_splits(
+        splits,
+        data_args,
+        training_args.seed,
+        ClassificationTransform(processor, *columns),
+        ClassificationTransform(processor, *columns, augmentation),
+    )
+    log_process(training_args, sizes["num_train_examples"], sizes["num_eval_examples"])
 
     trainer = make_trainer(
         model,
         training_args,
         callbacks=[*([AugmentationEpochCallback(augmentation)] if augmentation else []), *(callbacks or [])],
-        train_dataset=train_dataset if training_args.do_train else None,
+        train_dataset=splits.train if training_args.do_train else None,
         eval_dataset=splits.eval if training_args.do_eval else None,
         data_collator=collate_fn,
         compute_metrics=compute_metrics,

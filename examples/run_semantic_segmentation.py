@@ -57,12 +57,11 @@ from example_data import (
     SeededAugmentation,
     check_splits,
     dataset_id2label,
-    limit,
     load_image_datasets,
     mask_array,
+    prepare_splits,
     split_roles,
     to_uint8_array,
-    with_example_index,
 )
 from example_publishing import HubPublisher, finish_run, take_hub_settings
 from example_utils import (
@@ -446,29 +445,23 @@ def main(argv=None, callbacks=None):
     processor = build_processor(model_args, data_args, config, mask_mode)
     logger.info(f"Model {type(model).__name__} ({model.num_parameters():,} parameters), classes {id2label}")
 
-    seed = training_args.seed
-    train_dataset = limit(splits.train, data_args.max_train_samples, seed)
-    train_dataset = with_example_index(train_dataset) if train_dataset is not None else None
-    splits.eval = raw_eval = limit(splits.eval, data_args.max_eval_samples, seed)
-    splits.test = limit(splits.test, data_args.max_predict_samples, seed)
-    sizes = {"num_train_examples": len(train_dataset or []), "num_eval_examples": len(splits.eval)}
-    if splits.test is not None:
-        sizes["num_test_examples"] = len(splits.test)
-    log_process(training_args, sizes["num_train_examples"], sizes["num_eval_examples"])
-    augmentation = build_augmentation(data_args.augmentation, seed)
+    augmentation = build_augmentation(data_args.augmentation, training_args.seed)
     columns = (data_args.image_column_name, mask_column)
-    if train_dataset is not None:
-        train_dataset = train_dataset.with_transform(SegmentationTransform(processor, *columns, augmentation))
-    splits.eval = splits.eval.with_transform(SegmentationTransform(processor, *columns))
-    if splits.test is not None:
-        splits.test = splits.test.with_transform(SegmentationTransform(processor, *columns))
+    sizes = prepare_splits(
+        splits,
+        data_args,
+        training_args.seed,
+        SegmentationTransform(processor, *columns),
+        SegmentationTransform(processor, *columns, augmentation),
+    )
+    log_process(training_args, sizes["num_train_examples"], sizes["num_eval_examples"])
 
     ignore_index = getattr(config, "semantic_loss_ignore_index", 255)
     trainer = make_trainer(
         model,
         training_args,
         callbacks=[*([AugmentationEpochCallback(augmentation)] if augmentation else []), *(callbacks or [])],
-        train_dataset=train_dataset if training_args.do_train else None,
+        train_dataset=splits.train if training_args.do_train else None,
         eval_dataset=splits.eval if training_args.do_eval else None,
         data_collator=collate_fn,
         compute_metrics=make_compute_metrics(id2label, ignore_index, data_args.do_reduce_labels),
@@ -487,11 +480,11 @@ def main(argv=None, callbacks=None):
             output_dir.mkdir(parents=True, exist_ok=True)
             report = json_safe({"id2label": id2label, **prediction.metrics})
             (output_dir / f"{prefix}_report.json").write_text(json.dumps(report, indent=2))
-    count = min(data_args.num_overlays, len(raw_eval))
+    count = min(data_args.num_overlays, len(splits.eval))
     if predictions["eval"] is not None and count > 0:
         results["overlays"] = write_overlays(
             output_dir / "overlays",
-            raw_eval.select(range(count)),
+            splits.eval.with_format(None).select(range(count)),  # the images and masks as loaded
             predictions["eval"].predictions[:count],
             data_args.image_column_name,
             mask_column,
