@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import TrainerCallback, pipeline
 
+import hf_medmamba.hub
 from hf_medmamba import (
     MedMambaConfig,
     MedMambaForImageClassification,
@@ -681,6 +682,9 @@ def test_published_segmentation_card_names_its_base_model_and_dataset(
     ).save_pretrained(tmp_path / "vmamba")
     busi = datasets.load_dataset("imagefolder", data_dir=data_dir("busi_seg"), cache_dir=datasets_cache)
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: busi)
+    checked = []  # the fresh-process load check runs in the classification test above; here only its call is seen
+    verified = {"remote_max_abs_diff": 0.0, "remote_tolerance": 1e-4}
+    monkeypatch.setattr(hf_medmamba.hub, "verify_folder", lambda folder: checked.append(folder) or verified)
     (tmp_path / "dataset_repo").mkdir()
     local_hub.add("lab/busi-seg", tmp_path / "dataset_repo", repo_type="dataset")  # no id2label.json: binary names
     out = tmp_path / "vmunet-busi"
@@ -697,6 +701,7 @@ def test_published_segmentation_card_names_its_base_model_and_dataset(
     assert local_hub.paths("HEAD") == ["/datasets/lab/busi-seg/resolve/main/id2label.json"]
     (commit,) = [info for name, info in fake_hf_api if name == "create_commit"]
     assert commit["repo_id"] == "lab/vmunet-busi" and commit["revision"] == "dev"
+    assert checked == [out]
     card = ModelCard(commit["contents"]["README.md"].decode())
     assert card.data.base_model == "lab/vmamba-s-v0" and card.data.datasets == ["lab/busi-seg"]
     assert {r.dataset_type for r in card.data.eval_results} == {"lab/busi-seg"}
