@@ -117,7 +117,8 @@ def parse_args(argv=None):
 
 def common_arguments(settings, output_dir, seed, cache_dir=None):
     arguments = [
-        "--output_dir", str(output_dir), "--seed", str(seed), "--image_size", str(settings["image_size"]),
+        "--do_train", "--do_eval", "--output_dir", str(output_dir), "--overwrite_output_dir",
+        "--seed", str(seed), "--image_size", str(settings["image_size"]),
         "--config_overrides", json.dumps(settings["config_overrides"]),
         "--num_train_epochs", str(settings["epochs"]), "--per_device_train_batch_size", str(settings["batch_size"]),
         "--per_device_eval_batch_size", "32", "--learning_rate", str(settings["learning_rate"]),
@@ -280,7 +281,7 @@ def write_report(output_dir, config, classification, segmentation, pipelines, ti
         lines.append(f"| {name} | " + " | ".join(values) + f" | {per_class['support'][k]} |")
     lines += [
         "",
-        f"![confusion matrix]({rel(classification['confusion_matrix_png'])})",
+        f"![confusion matrix]({rel(classification['eval_confusion_matrix_png'])})",
         f"![learning curves]({rel(classification['curves'])})",
         "",
         "## 2. VM-UNet: breast ultrasound lesion segmentation",

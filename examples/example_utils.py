@@ -1,7 +1,8 @@
-"""What `run_image_classification.py` and `run_semantic_segmentation.py` share: the upstream training recipes, the
-argument parsing that applies them, the exact upstream optimizers and the per-epoch cosine schedule, a `Trainer`
-subclass that uses them, data loading from `datasets`, reproducible augmentation and the per-process logging of
-distributed runs.
+"""What `run_image_classification.py` and `run_semantic_segmentation.py` share: the model arguments, the upstream
+training recipes and the argument parsing that applies them, the exact upstream optimizers and the per-epoch cosine
+schedule, a `Trainer` subclass that uses them, the train / evaluate / test sequence with automatic resumption, and the
+per-process logging of distributed runs. Their data lives in `example_data`, their card and Hub upload in
+`example_publishing`.
 
 Nothing here downloads anything, and nothing needs torchvision.
 """
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
@@ -85,6 +85,64 @@ RECIPES = {
 
 
 @dataclass
+class ModelLoadingArguments:
+    """Where the model comes from (the fields both scripts share; each adds its presets)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved or converted model folder, or a Hub model id, to fine-tune."}
+    )
+    model_revision: str = field(
+        default="main",
+        metadata={"help": "The Hub model version to use (a branch name, tag name or commit id)."},
+    )
+    token: str | None = field(
+        default=None,
+        metadata={
+            "help": "The token for Hub downloads (models, datasets, id2label.json); default: the one saved by `hf auth "
+            "login` or HF_TOKEN. Pushing uses --hub_token."
+        },
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "A config.json file or folder: train this architecture from scratch."}
+    )
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": "A transformers model type with its default config, from scratch (e.g. convnext)."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "JSON object (or .json file) of config settings, e.g. '{\"depths\": [1, 1, 1, 1]}'."},
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Image processor folder or Hub id (default: the model's)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for datasets and Hub downloads."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from model folders that are not registered locally."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a head whose size differs from the dataset's classes."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id of the converted weights this run starts from, for the model card's base_model (default: "
+            "--model_name_or_path / --encoder_name_or_path when it is a Hub id)."
+        },
+    )
+
+
+def hub_kwargs(model_args):
+    """The download settings of ``from_pretrained``: cache, revision, token, remote code."""
+    return {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+
+
+@dataclass
 class RecipeTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the upstream optimizers, the per-epoch cosine schedule and a wall-clock budget."""
 
@@ -122,6 +180,17 @@ class RecipeTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Write the indices of the training examples each process saw to output_dir/train_shards/."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train from scratch even when output_dir holds checkpoints (by default the run resumes from the "
+            "last one)."
+        },
+    )
+
+
+# The scripts' own defaults: keep the image columns for the on-the-fly transforms; publish once, at the end.
+SCRIPT_DEFAULTS = {"remove_unused_columns": False, "hub_strategy": "end"}
 
 
 def has_accelerator():
@@ -135,12 +204,14 @@ def has_accelerator():
 def parse_arguments(dataclass_types, argv=None, recipes=RECIPES, defaults=None):
     """Parse the command line (or one JSON file) into ``dataclass_types`` after applying a recipe's defaults.
 
-    Precedence: explicit arguments > the ``--recipe`` > ``defaults`` (the script's own) > the dataclass defaults. On a
-    machine without an accelerator ``use_cpu`` defaults to True, so that a multi-process launch trains with gloo.
+    Precedence: explicit arguments > the ``--recipe`` > ``defaults`` (the script's own) > `SCRIPT_DEFAULTS` > the
+    dataclass defaults. On a machine without an accelerator ``use_cpu`` defaults to True, so that a multi-process
+    launch trains with gloo. As in transformers' scripts, ``do_train``, ``do_eval`` and ``do_predict`` are off unless
+    given.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types)
-    base = dict(defaults or {})
+    base = {**SCRIPT_DEFAULTS, **(defaults or {})}
     if not has_accelerator():
         base["use_cpu"] = True
     dests = {action.dest for action in parser._actions}
@@ -298,96 +369,6 @@ class AugmentationEpochCallback(TrainerCallback):
         self.augmentation.epoch = math.floor((state.epoch or 0.0) + 1e-6)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_image_datasets(data_args, cache_dir=None):
-    """A `DatasetDict` from ``data_args.dataset_name`` (Hub or local script) or a local imagefolder ``data_dir``."""
-    from datasets import load_dataset
-
-    if data_args.dataset_name:
-        return load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
-    if data_args.data_dir:
-        if not Path(data_args.data_dir).is_dir():
-            raise FileNotFoundError(f"--data_dir {data_args.data_dir} is not a directory")
-        return load_dataset("imagefolder", data_dir=data_args.data_dir, cache_dir=cache_dir)
-    raise ValueError("Give --data_dir (a local imagefolder) or --dataset_name (a dataset on the Hub).")
-
-
-def train_eval_splits(dataset, data_args, seed):
-    """(train, eval, eval split name): the named eval split, else 'validation'/'val'/'test', else a split of train."""
-    if "train" not in dataset:
-        raise ValueError(f"the dataset has no 'train' split (splits: {list(dataset)})")
-    names = [data_args.eval_split_name] if data_args.eval_split_name else ["validation", "valid", "val", "test"]
-    for name in names:
-        if name in dataset:
-            return dataset["train"], dataset[name], name
-    if data_args.eval_split_name:
-        raise ValueError(f"no split {data_args.eval_split_name!r} in the dataset (splits: {list(dataset)})")
-    split = dataset["train"].train_test_split(test_size=data_args.train_val_split, seed=seed)
-    return split["train"], split["test"], f"held-out {data_args.train_val_split:g} of train (seed {seed})"
-
-
-def limit(dataset, max_samples, seed):
-    """At most ``max_samples`` examples, a seeded random subset (all of them when None)."""
-    if max_samples is None or max_samples >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(max_samples))
-
-
-def with_example_index(dataset):
-    """Add an ``example_index`` column (0..N-1): it seeds the augmentation and records which process saw what."""
-    return dataset.add_column("example_index", list(range(len(dataset))))
-
-
-def to_uint8_array(image):
-    """An 8-bit (H, W) or (H, W, 3) array from a PIL image (or an array), the input albumentations works on."""
-    if isinstance(image, PIL.Image.Image):
-        if image.mode in ("L", "RGB"):
-            return np.array(image)
-        if image.mode in ("1", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr"):
-            return np.array(image.convert("RGB" if image.mode not in ("1", "LA") else "L"))
-        image = np.array(image)  # 16-bit or float: the processor's rules bring it to 8 bits
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 if low >= 0.0 and high <= 1.0 and array.dtype.kind == "f" else 255.0 / max(high - low, 1e-12)
-        offset = 0.0 if scale == 255.0 else low
-        array = np.clip(np.rint((array - offset) * scale), 0, 255).astype(np.uint8)
-    return array
-
-
-def mask_array(mask):
-    """A 2-D integer array from a mask image or array (uint8 when it fits, as albumentations and cv2 want)."""
-    array = np.array(mask) if isinstance(mask, PIL.Image.Image) else np.asarray(mask)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise ValueError(f"a mask must be 2-D, got shape {array.shape}")
-    if array.dtype == np.bool_ or (array.size and array.min() >= 0 and array.max() <= 255):
-        return array.astype(np.uint8)
-    return array.astype(np.int32)
-
-
-class SeededAugmentation:
-    """An albumentations pipeline whose randomness is a function of (seed, epoch, example index) only.
-
-    So the augmentation of an example is the same whatever the number of processes or data-loader workers, and a run
-    resumed from a checkpoint sees exactly the augmentations of an uninterrupted one (the Trainer's RNG state is not
-    involved). `AugmentationEpochCallback` keeps ``epoch`` current.
-    """
-
-    def __init__(self, compose, seed):
-        self.compose, self.seed, self.epoch = compose, int(seed), 0
-
-    def __call__(self, index, **data):
-        state = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0]
-        self.compose.set_random_seed(int(state))
-        return self.compose(**data)
-
-
 def parse_json_argument(value, what):
     """A JSON object given inline or as a path to a JSON file."""
     if value is None:
@@ -406,7 +387,8 @@ def parse_json_argument(value, what):
 
 
 def setup_logging(training_args, *loggers):
-    """transformers-style logging: INFO on the main process, warnings only on the others (for ``loggers`` too)."""
+    """transformers-style logging: INFO on the main process, warnings only on the others (for the helper modules'
+    loggers and ``loggers`` too)."""
     import datasets
     import transformers
 
@@ -418,7 +400,8 @@ def setup_logging(training_args, *loggers):
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
-    for module_logger in (logger, *loggers):
+    helpers = [logging.getLogger(name) for name in ("example_data", "example_publishing", "medmnist_npz")]
+    for module_logger in (logger, *helpers, *loggers):
         module_logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
@@ -462,14 +445,23 @@ def report_shards(trainer):
 
 
 def resolve_checkpoint(training_args):
-    """``--resume_from_checkpoint``: a folder, or 'last' for the newest checkpoint in output_dir."""
+    """The checkpoint to resume from: ``--resume_from_checkpoint`` (a folder, or 'last' for the newest in
+    output_dir), else the newest checkpoint in output_dir unless ``--overwrite_output_dir`` (transformers' rule)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoint = training_args.resume_from_checkpoint
+    output_dir = training_args.output_dir
     if checkpoint in ("last", "latest"):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         if checkpoint is None:
-            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: none in output_dir")
+            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: none in {output_dir}")
+    elif checkpoint is None and not training_args.overwrite_output_dir and os.path.isdir(output_dir):
+        checkpoint = get_last_checkpoint(output_dir)
+        if checkpoint is not None:
+            logger.info(
+                f"Checkpoint detected, resuming training at {checkpoint}. To train from scratch instead, give "
+                "--overwrite_output_dir or another --output_dir."
+            )
     return checkpoint
 
 
@@ -486,11 +478,23 @@ def json_safe(value):
     return value
 
 
-def train_and_evaluate(trainer, processor, eval_dataset, results):
-    """The scripts' common run: with ``--do_train`` train, save the model, its processor, the metrics and the trainer
-    state; with ``--do_eval`` predict on ``eval_dataset`` and save those metrics. Fills ``results["train"]`` and
-    ``results["eval"]``; returns the evaluation's `PredictionOutput` (None without ``--do_eval``)."""
+def _evaluate(trainer, dataset, prefix, results):
+    prediction = trainer.predict(dataset, metric_key_prefix=prefix)
+    trainer.log_metrics(prefix, prediction.metrics)
+    trainer.save_metrics(prefix, prediction.metrics)
+    results[prefix] = prediction.metrics
+    return prediction
+
+
+def train_and_evaluate(trainer, processor, splits, results):
+    """The scripts' common run, in transformers' order: with ``--do_train`` train (resuming as `resolve_checkpoint`
+    says), save the model (the best checkpoint's with ``--load_best_model_at_end``), its processor, the metrics and
+    the trainer state; with ``--do_eval`` predict on ``splits.eval``; with ``--do_predict`` on ``splits.test``.
+    Fills ``results["train"]``, ``["eval"]`` and ``["test"]``; returns {"eval": ..., "test": ...} `PredictionOutput`
+    objects (None for a step not asked for)."""
     args = trainer.args
+    if not (args.do_train or args.do_eval or args.do_predict):
+        logger.warning("Nothing to do: give --do_train, --do_eval and/or --do_predict.")
     if args.do_train:
         train_result = trainer.train(resume_from_checkpoint=resolve_checkpoint(args))
         trainer.save_model()
@@ -501,93 +505,7 @@ def train_and_evaluate(trainer, processor, eval_dataset, results):
         trainer.save_state()
         report_shards(trainer)
         results["train"] = train_result.metrics
-    if not args.do_eval:
-        return None
-    prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
-    trainer.log_metrics("eval", prediction.metrics)
-    trainer.save_metrics("eval", prediction.metrics)
-    results["eval"] = prediction.metrics
-    return prediction
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Model card of a trained folder
-# ----------------------------------------------------------------------------------------------------------------------
-
-SCRIPTS = {"image-classification": "run_image_classification.py", "image-segmentation": "run_semantic_segmentation.py"}
-CARD_METRICS = {  # eval metric key -> (model-index metric type, display name)
-    "image-classification": {
-        "accuracy": ("accuracy", "Accuracy"),
-        "precision": ("precision", "Macro precision"),
-        "sensitivity": ("recall", "Macro sensitivity"),
-        "specificity": ("specificity", "Macro specificity"),
-        "f1": ("f1", "Macro F1"),
-        "auc": ("roc_auc", "One-vs-rest AUC"),
-    },
-    "image-segmentation": {
-        "dsc": ("dice", "DSC (pooled over all pixels)"),
-        "miou": ("iou", "mIoU (pooled foreground IoU)"),
-        "accuracy": ("accuracy", "Pixel accuracy"),
-        "specificity": ("specificity", "Specificity"),
-        "sensitivity": ("recall", "Sensitivity"),
-        "mean_image_dice": ("dice", "Mean per-image Dice"),
-        "mean_dice": ("dice", "Mean Dice over the foreground classes"),
-        "pixel_accuracy": ("accuracy", "Pixel accuracy"),
-    },
-}
-
-
-def write_model_card(trainer, model_args, data_args, run, eval_metrics=None):
-    """README.md for a trained hf_medmamba folder (``trainer.args.output_dir``): the card of
-    `hf_medmamba.tools.model_card`, whose model-index holds this run's final evaluation. ``run`` holds the ``task``, the
-    ``eval_split`` name and the ``num_train_examples`` / ``num_eval_examples``. Other architectures (ConvNeXt,
-    SegFormer) get no card here. Returns the card's path, or None."""
-    from hf_medmamba.tools.model_card import build_model_card
-
-    args, state, config = trainer.args, trainer.state, trainer.model.config
-    if config.model_type not in ("medmamba", "vmamba", "vmunet"):
-        return None
-    if data_args.dataset_name:
-        dataset_type, dataset_name = data_args.dataset_name, data_args.dataset_name
-    else:
-        dataset_type = Path(data_args.data_dir).resolve().name
-        dataset_name = f"{dataset_type} (local imagefolder)"
-    results = []
-    task, eval_split, script = run["task"], run["eval_split"], SCRIPTS[run["task"]]
-    for key, (metric_type, metric_name) in CARD_METRICS[task].items():
-        value = (eval_metrics or {}).get(f"eval_{key}")
-        if value is not None and math.isfinite(value):
-            results.append(
-                {
-                    "task_type": task,
-                    "dataset_type": dataset_type,
-                    "dataset_name": dataset_name,
-                    "dataset_split": eval_split,
-                    "metric_type": metric_type,
-                    "metric_name": metric_name,
-                    "metric_value": round(float(value), 4),
-                }
-            )
-    start = model_args.model_name_or_path or getattr(model_args, "encoder_name_or_path", None)
-    # Weights trained from scratch here owe nothing to upstream's: they get the package's licence.
-    license = None if start else "apache-2.0"
-    start = f"`{start}`" if start else "a random initialisation (no upstream weights)"
-    training_data = [
-        f"Fine-tuned with hf_medmamba's `examples/{script}` on {dataset_name}: {run['num_train_examples']} "
-        f"training examples; evaluated on {run['num_eval_examples']} examples of the '{eval_split}' split.",
-        f"Training: {state.epoch or 0:g} epochs ({state.global_step} optimiser steps), learning rate "
-        f"{args.learning_rate:g}, batch {args.per_device_train_batch_size} per device, seed {args.seed}; the weights "
-        f"started from {start}.",
-        "The data's own licence applies (for the bundled BUSI copies, see examples/data/README.md).",
-    ]
-    path = Path(args.output_dir) / "README.md"
-    build_model_card(
-        config,
-        trainer.processing_class,
-        model_name=path.parent.name,
-        status="trained",
-        eval_results=results or None,
-        training_data=training_data,
-        license=license,
-    ).save(path)
-    return str(path)
+    return {
+        "eval": _evaluate(trainer, splits.eval, "eval", results) if args.do_eval else None,
+        "test": _evaluate(trainer, splits.test, "test", results) if args.do_predict else None,
+    }

@@ -1,26 +1,37 @@
 """Fine-tune (or train from scratch) MedMamba, VMamba or any `AutoModelForImageClassification` with the `Trainer`.
 
-Data: a local imagefolder (``--data_dir``, one sub-folder per class inside ``train/`` and ``test/`` or
-``validation/``) or a dataset on the Hub (``--dataset_name``). Class names come from the dataset's `ClassLabel`.
+Arguments follow transformers' ``examples/pytorch/image-classification/run_image_classification.py``: ``--do_train``,
+``--do_eval`` and ``--do_predict`` are off unless given, and a run resumes from the last checkpoint in
+``--output_dir`` unless ``--overwrite_output_dir`` is given.
 
-Model, first match wins: ``--model_name_or_path`` (a saved or converted folder), ``--config_name`` (a config file or
-folder, random init), ``--model_type`` (any transformers model type with the default config, e.g. ``convnext``,
-random init), ``--preset`` (``medmamba-t/s/b``, ``vmamba-s``, random init). ``--config_overrides`` takes a JSON object
-of config settings (e.g. tiny depths/dims).
+Data, exactly one of: ``--dataset_name`` (a Hub dataset, or a local dataset folder), ``--train_dir`` /
+``--validation_dir`` (one imagefolder per split), ``--data_dir`` (an imagefolder with ``train/`` and ``test/`` or
+``validation/`` sub-folders) or ``--medmnist_file`` (a MedMNIST v2 ``.npz`` with its official train / validation /
+test split). Class names come from the dataset's `ClassLabel` (MedMNIST: ``--id2label`` or MedMNIST's own names).
+The evaluation split (``--do_eval``, and checkpoint selection with ``--load_best_model_at_end``) is the validation
+split when there is one; ``--do_predict`` reports on a separate test split.
+
+Model, first match wins: ``--model_name_or_path`` (a saved or converted folder, or a Hub id with
+``--model_revision`` and ``--token``), ``--config_name`` (a config file or folder, random init), ``--model_type``
+(any transformers model type with the default config, e.g. ``convnext``, random init), ``--preset``
+(``medmamba-t/s/b``, ``vmamba-s``, random init). ``--config_overrides`` takes a JSON object of config settings.
 
 ``--recipe medmamba`` fills the upstream MedMamba defaults (Adam 1e-4, constant LR, batch 32, 100 epochs,
 RandomResizedCrop + horizontal flip, 224 px); explicit arguments override it.
 
-    python examples/run_image_classification.py --data_dir examples/data/busi_cls --preset medmamba-t \\
-        --recipe medmamba --output_dir outputs/medmamba-busi
+    python examples/run_image_classification.py --medmnist_file examples/data/medmnist/breastmnist.npz \\
+        --recipe medmamba --image_size 64 --do_train --do_eval --do_predict --eval_strategy epoch \\
+        --save_strategy epoch --load_best_model_at_end --metric_for_best_model auc --output_dir outputs/breastmnist
 
 Distributed (on CPU the script sets ``use_cpu`` itself, so this runs two gloo processes):
 
     torchrun --nproc_per_node 2 examples/run_image_classification.py ...
 
 Writes to ``output_dir``: the model and its image processor (loadable with
-``pipeline("image-classification", model=output_dir, trust_remote_code=True)``), ``all_results.json``,
-``eval_report.json`` (per-class metrics and the confusion matrix) and ``confusion_matrix.png``.
+``pipeline("image-classification", model=output_dir, trust_remote_code=True)``), ``all_results.json`` (``eval_*`` and
+``test_*`` metrics, AUC included), ``eval_report.json`` / ``test_report.json`` (per-class metrics and the confusion
+matrix), the confusion matrices as PNG and, for MedMamba and VMamba, a model card. ``--push_to_hub`` (with
+``--hub_model_id``, ``--hub_private_repo``, ``--hub_token``) uploads that folder once, after evaluation.
 """
 
 import json
@@ -38,23 +49,28 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor  #
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from example_data import (
+    ImageDataArguments,
+    SeededAugmentation,
+    check_splits,
+    load_image_datasets,
+    prepare_splits,
+    split_roles,
+    to_uint8_array,
+)
+from example_publishing import HubPublisher, finish_run, take_hub_settings
 from example_utils import (
     AugmentationEpochCallback,
+    ModelLoadingArguments,
     RecipeTrainingArguments,
-    SeededAugmentation,
+    hub_kwargs,
     json_safe,
-    limit,
-    load_image_datasets,
     log_process,
     make_trainer,
     parse_arguments,
     parse_json_argument,
     setup_logging,
-    to_uint8_array,
     train_and_evaluate,
-    train_eval_splits,
-    with_example_index,
-    write_model_card,
 )
 
 import hf_medmamba
@@ -70,57 +86,29 @@ SCALAR_METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(ModelLoadingArguments):
     """Which model to fine-tune or train from scratch."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved or converted model folder (or Hub id) to fine-tune."}
-    )
-    config_name: str | None = field(
-        default=None, metadata={"help": "A config.json file or folder: train this architecture from scratch."}
-    )
-    model_type: str | None = field(
-        default=None,
-        metadata={"help": "A model type with its default config, from scratch (e.g. 'convnext' = ConvNeXt-T)."},
-    )
     preset: str | None = field(
         default=None, metadata={"help": "A MedMamba/VMamba preset, from scratch.", "choices": sorted(PRESETS)}
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "JSON object (or .json file) of config settings, e.g. '{\"depths\": [1, 1, 1, 1]}'."},
-    )
-    image_processor_name: str | None = field(
-        default=None, metadata={"help": "Image processor folder (default: the model's, else the MedMamba one)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for datasets and Hub downloads."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom code from model folders that are not registered locally."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Re-initialise a classifier whose size differs from the dataset's classes."}
     )
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(ImageDataArguments):
     """Which data to train and evaluate on, and how to prepare it."""
 
-    data_dir: str | None = field(default=None, metadata={"help": "A local imagefolder directory."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (instead of data_dir)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
+    medmnist_file: str | None = field(
+        default=None,
+        metadata={"help": "A MedMNIST v2 .npz file: its official train / validation / test split is used."},
+    )
     label_column_name: str = field(default="label", metadata={"help": "The column holding the class labels."})
-    eval_split_name: str | None = field(
-        default=None, metadata={"help": "Split to evaluate on (default: validation, val or test, if present)."}
-    )
-    train_val_split: float = field(
-        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no eval split."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval examples."})
-    image_size: int | None = field(
-        default=None, metadata={"help": "Model input size in pixels (overrides the image processor's size)."}
+    id2label: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Class names of a --medmnist_file, JSON inline or a .json file: {"0": "malignant", ...} '
+            "(default: MedMNIST's names for BreastMNIST and PneumoniaMNIST, else the class indices)."
+        },
     )
     augmentation: str = field(
         default="none",
@@ -146,11 +134,10 @@ def build_config(model_args, id2label):
     """The config, from the first of model_name_or_path, config_name, model_type, preset; labels from the data."""
     kwargs = {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
     kwargs.update(parse_json_argument(model_args.config_overrides, "--config_overrides") or {})
-    common = {"cache_dir": model_args.cache_dir, "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path, **common, **kwargs)
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs(model_args), **kwargs)
     if model_args.config_name:
-        return AutoConfig.from_pretrained(model_args.config_name, **common, **kwargs)
+        return AutoConfig.from_pretrained(model_args.config_name, **hub_kwargs(model_args), **kwargs)
     if model_args.model_type:
         return AutoConfig.for_model(model_args.model_type, **kwargs)
     if model_args.preset:
@@ -163,9 +150,8 @@ def build_model(model_args, config):
         return AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path,
             config=config,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **hub_kwargs(model_args),
         )
     return AutoModelForImageClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
 
@@ -187,9 +173,7 @@ def build_processor(model_args, data_args, config):
     source = model_args.image_processor_name or model_args.model_name_or_path
     if source:
         try:
-            processor = AutoImageProcessor.from_pretrained(
-                source, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-            )
+            processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs(model_args))
         except OSError:
             if model_args.image_processor_name:
                 raise
@@ -270,58 +254,68 @@ def compute_metrics(eval_prediction):
     return {key: metrics[key] for key in SCALAR_METRICS}
 
 
-def write_report(output_dir, labels, logits, names):
-    """Full metrics (per class, confusion matrix) as eval_report.json and the confusion matrix as a PNG."""
+def write_report(output_dir, prediction, names, prefix):
+    """Full metrics of a prediction (per class, confusion matrix) as ``{prefix}_report.json`` and the confusion matrix
+    as a PNG (``confusion_matrix.png`` for the evaluation split, ``test_confusion_matrix.png`` for the test split)."""
     from hf_medmamba.tools.metrics import classification_metrics, plot_confusion_matrix
 
-    metrics = classification_metrics(np.asarray(labels).astype(np.int64), logits, num_classes=len(names))
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    labels = np.asarray(prediction.label_ids).astype(np.int64)
+    metrics = classification_metrics(labels, logits, num_classes=len(names))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {"class_names": names, **metrics}
-    (output_dir / "eval_report.json").write_text(json.dumps(json_safe(report), indent=2))
-    png = plot_confusion_matrix(metrics["confusion_matrix"], names, output_dir / "confusion_matrix.png")
-    return report, png
+    (output_dir / f"{prefix}_report.json").write_text(json.dumps(json_safe(report), indent=2))
+    png_name = "confusion_matrix.png" if prefix == "eval" else f"{prefix}_confusion_matrix.png"
+    png = plot_confusion_matrix(metrics["confusion_matrix"], names, output_dir / png_name)
+    logger.info(f"Confusion matrix on {prefix} (rows true, columns predicted) {names}: {report['confusion_matrix']}")
+    return report, str(png)
 
 
 def main(argv=None, callbacks=None):
     """Run the script with command-line arguments ``argv``; returns the metrics and the paths it wrote."""
     model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataTrainingArguments, RecipeTrainingArguments),
-        argv,
-        defaults={"do_train": True, "do_eval": True, "remove_unused_columns": False},
+        (ModelArguments, DataTrainingArguments, RecipeTrainingArguments), argv
     )
+    hub = take_hub_settings(training_args)
     setup_logging(training_args, logger)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 
+    id2label = parse_json_argument(data_args.id2label, "--id2label")
+    if id2label is not None and not data_args.medmnist_file:
+        raise ValueError("--id2label names the classes of a --medmnist_file; imagefolders and datasets name their own")
     with training_args.main_process_first(desc="loading the dataset"):
-        dataset = load_image_datasets(data_args, model_args.cache_dir)
-    train_dataset, eval_dataset, eval_split = train_eval_splits(dataset, data_args, training_args.seed)
-    names, label2id = class_names(train_dataset, data_args.label_column_name)
+        dataset = load_image_datasets(data_args, model_args.cache_dir, model_args.token, id2label)
+    splits = split_roles(dataset, data_args, training_args.seed)
+    check_splits(splits, training_args)
+    names, label2id = class_names(splits.eval if splits.train is None else splits.train, data_args.label_column_name)
     id2label = dict(enumerate(names))
 
     config = build_config(model_args, id2label)
+    publisher = HubPublisher.prepare(hub, config, training_args)
     model = build_model(model_args, config)
     processor = build_processor(model_args, data_args, config)
     height, width = input_size(processor)
     logger.info(f"Model {type(model).__name__} ({model.num_parameters():,} parameters), input {height}x{width}")
 
-    train_dataset = with_example_index(limit(train_dataset, data_args.max_train_samples, training_args.seed))
-    eval_dataset = limit(eval_dataset, data_args.max_eval_samples, training_args.seed)
-    log_process(training_args, len(train_dataset), len(eval_dataset))
-    sizes = {"num_train_examples": len(train_dataset), "num_eval_examples": len(eval_dataset)}
     augmentation = build_augmentation(data_args.augmentation, (height, width), training_args.seed)
     columns = (data_args.image_column_name, data_args.label_column_name, label2id)
-    train_transform = ClassificationTransform(processor, *columns, augmentation=augmentation)
-    train_dataset = train_dataset.with_transform(train_transform)
-    eval_dataset = eval_dataset.with_transform(ClassificationTransform(processor, *columns))
+    sizes = prepare_splits(
+        splits,
+        data_args,
+        training_args.seed,
+        ClassificationTransform(processor, *columns),
+        ClassificationTransform(processor, *columns, augmentation),
+    )
+    log_process(training_args, sizes["num_train_examples"], sizes["num_eval_examples"])
 
     trainer = make_trainer(
         model,
         training_args,
         callbacks=[*([AugmentationEpochCallback(augmentation)] if augmentation else []), *(callbacks or [])],
-        train_dataset=train_dataset if training_args.do_train else None,
-        eval_dataset=eval_dataset if training_args.do_eval else None,
+        train_dataset=splits.train if training_args.do_train else None,
+        eval_dataset=splits.eval if training_args.do_eval else None,
         data_collator=collate_fn,
         compute_metrics=compute_metrics,
         processing_class=processor,
@@ -329,16 +323,15 @@ def main(argv=None, callbacks=None):
 
     sizes["num_parameters"] = model.num_parameters()
     results = {"output_dir": training_args.output_dir, "class_names": names, "trainer": trainer, **sizes}
-    prediction = train_and_evaluate(trainer, processor, eval_dataset, results)
-    if prediction is not None and trainer.is_world_process_zero():
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        report, png = write_report(training_args.output_dir, prediction.label_ids, logits, names)
-        results["eval_report"], results["confusion_matrix_png"] = report, str(png)
-        logger.info(f"Confusion matrix (rows true, columns predicted) {names}: {report['confusion_matrix']}")
-
-    if training_args.do_train and trainer.is_world_process_zero():
-        run = {"task": "image-classification", "eval_split": eval_split, **sizes}
-        results["model_card"] = write_model_card(trainer, model_args, data_args, run, results.get("eval"))
+    predictions = train_and_evaluate(trainer, processor, splits, results)
+    if not trainer.is_world_process_zero():
+        return results
+    for prefix, prediction in predictions.items():
+        if prediction is not None:
+            results[f"{prefix}_report"], results[f"{prefix}_confusion_matrix_png"] = write_report(
+                training_args.output_dir, prediction, names, prefix
+            )
+    finish_run(trainer, model_args, data_args, splits, results, "classification", publisher)
     return results
 
 

@@ -1,30 +1,42 @@
 """Fine-tune (or train from scratch) VM-UNet, or any `AutoModelForSemanticSegmentation`, with the `Trainer`.
 
-Data: a local imagefolder (``--data_dir``) whose ``metadata.csv`` names a mask per image (``mask_file_name`` becomes
-the ``mask`` column, ``label_file_name`` the ``label`` column; the mask column is found automatically or given with
-``--mask_column_name``), or a dataset on the Hub (``--dataset_name``). Masks are {0, 255} or {0, 1} images for binary
-tasks and class-index images otherwise. Class names: ``--id2label`` (JSON inline or a .json file), else the preset's
-or the model's, else ``{0: background, 1: lesion}``.
+Arguments follow transformers' ``examples/pytorch/semantic-segmentation/run_semantic_segmentation.py``:
+``--do_train``, ``--do_eval`` and ``--do_predict`` are off unless given, ``--do_reduce_labels`` ignores mask value 0
+and shifts the others down by one, and a run resumes from the last checkpoint in ``--output_dir`` unless
+``--overwrite_output_dir`` is given.
 
-Model, first match wins: ``--model_name_or_path`` (a saved or converted folder), ``--config_name`` (config file or
-folder, random init), ``--model_type`` (any transformers model type with its default config, e.g. ``segformer`` =
-SegFormer-B0, random init), ``--preset`` (``vmunet-paper``, ``vmunet-default``, ``vmunet-synapse``, random init).
-``--encoder_name_or_path`` initialises a VM-UNet from a converted VMamba folder as upstream ``load_from`` does.
+Data, exactly one of: ``--dataset_name`` (a Hub dataset, or a local dataset folder), ``--train_dir`` /
+``--validation_dir`` (one imagefolder per split) or ``--data_dir`` (an imagefolder with split sub-folders). An
+imagefolder's ``metadata.csv`` names a mask per image (``mask_file_name`` becomes the ``mask`` column,
+``label_file_name`` the ``label`` column; the mask column is found automatically or given with
+``--mask_column_name``). Masks are {0, 255} or {0, 1} images for binary tasks and class-index images otherwise.
+Class names: ``--id2label`` (JSON inline or a .json file), else the dataset's ``id2label.json`` (at the top of the Hub
+dataset repository, or in the local dataset folder), else the model's or the preset's, else
+``{0: background, 1: lesion}``.
+
+Model, first match wins: ``--model_name_or_path`` (a saved or converted folder, or a Hub id with
+``--model_revision`` and ``--token``), ``--config_name`` (config file or folder, random init), ``--model_type`` (any
+transformers model type with its default config, e.g. ``segformer`` = SegFormer-B0, random init), ``--preset``
+(``vmunet-paper``, ``vmunet-default``, ``vmunet-synapse``, random init). ``--encoder_name_or_path`` initialises a
+VM-UNet from a converted VMamba folder as upstream ``load_from`` does.
 
 Recipes (explicit arguments override them): ``--recipe isic`` (AdamW 1e-3, wd 1e-2, cosine T_max 50 stepped per
 epoch, 300 epochs, batch 32, flips + rotation, 256 px, BCE + Dice) and ``--recipe synapse`` (the same with T_max 100,
 224 px, 9 classes, 1 channel, CE + Dice, rot90/flip or rotation).
 
     python examples/run_semantic_segmentation.py --data_dir examples/data/busi_seg --preset vmunet-paper \\
-        --recipe isic --output_dir outputs/vmunet-busi
+        --recipe isic --do_train --do_eval --output_dir outputs/vmunet-busi
 
 Writes to ``output_dir``: the model and its image processor (loadable with
-``pipeline("image-segmentation", model=output_dir, trust_remote_code=True)``), ``all_results.json`` and
-``overlays/`` (true and predicted masks on a few evaluation images).
+``pipeline("image-segmentation", model=output_dir, trust_remote_code=True)``), ``all_results.json``,
+``eval_report.json`` / ``test_report.json``, ``overlays/`` (true and predicted masks on a few evaluation images) and,
+for VM-UNet, a model card. ``--push_to_hub`` (with ``--hub_model_id``, ``--hub_private_repo``, ``--hub_token``)
+uploads that folder once, after evaluation.
 """
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -40,24 +52,30 @@ from transformers.models.auto.image_processing_auto import AutoImageProcessor  #
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from example_data import (
+    ImageDataArguments,
+    SeededAugmentation,
+    check_splits,
+    dataset_id2label,
+    load_image_datasets,
+    mask_array,
+    prepare_splits,
+    split_roles,
+    to_uint8_array,
+)
+from example_publishing import HubPublisher, finish_run, take_hub_settings
 from example_utils import (
     AugmentationEpochCallback,
+    ModelLoadingArguments,
     RecipeTrainingArguments,
-    SeededAugmentation,
+    hub_kwargs,
     json_safe,
-    limit,
-    load_image_datasets,
     log_process,
     make_trainer,
-    mask_array,
     parse_arguments,
     parse_json_argument,
     setup_logging,
-    to_uint8_array,
     train_and_evaluate,
-    train_eval_splits,
-    with_example_index,
-    write_model_card,
 )
 
 import hf_medmamba
@@ -77,26 +95,12 @@ PALETTE = np.array([
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(ModelLoadingArguments):
     """Which model to fine-tune or train from scratch."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved or converted model folder (or Hub id) to fine-tune."}
-    )
-    config_name: str | None = field(
-        default=None, metadata={"help": "A config.json file or folder: train this architecture from scratch."}
-    )
-    model_type: str | None = field(
-        default=None,
-        metadata={"help": "A model type with its default config, from scratch (e.g. 'segformer' = SegFormer-B0)."},
-    )
     preset: str | None = field(
         default=None,
         metadata={"help": "A VM-UNet preset, from scratch.", "choices": sorted(hf_medmamba.VMUNET_PRESETS)},
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "JSON object (or .json file) of config settings, e.g. '{\"depths\": [1, 1, 1, 1]}'."},
     )
     encoder_name_or_path: str | None = field(
         default=None,
@@ -105,42 +109,28 @@ class ModelArguments:
             "weights initialise the VM-UNet encoder, and the decoder's stage 3-i blocks from encoder stage i."
         },
     )
-    image_processor_name: str | None = field(
-        default=None, metadata={"help": "Image processor folder (default: the model's, else VMUNetImageProcessor)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for datasets and Hub downloads."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom code from model folders that are not registered locally."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Re-initialise a head whose size differs from the dataset's classes."}
-    )
 
 
 @dataclass
-class DataTrainingArguments:
+class DataTrainingArguments(ImageDataArguments):
     """Which data to train and evaluate on, and how to prepare it."""
 
-    data_dir: str | None = field(default=None, metadata={"help": "A local imagefolder directory with masks."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (instead of data_dir)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
     mask_column_name: str | None = field(
         default=None, metadata={"help": f"The column holding the masks (default: the first of {MASK_COLUMNS})."}
     )
     id2label: str | None = field(
-        default=None, metadata={"help": 'Class names, JSON inline or a .json file: {"0": "background", ...}.'}
+        default=None,
+        metadata={
+            "help": 'Class names, JSON inline or a .json file: {"0": "background", ...} (default: the dataset\'s '
+            "id2label.json, else the model's or the preset's, else background / lesion)."
+        },
     )
-    eval_split_name: str | None = field(
-        default=None, metadata={"help": "Split to evaluate on (default: validation, val or test, if present)."}
-    )
-    train_val_split: float = field(
-        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no eval split."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval examples."})
-    image_size: int | None = field(
-        default=None, metadata={"help": "Model input size in pixels (overrides the image processor's size)."}
+    do_reduce_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Class-index masks: mask value 0 becomes 255 (ignored) and every other value drops by one "
+            "(transformers' convention, e.g. ADE20K); the class names then describe the reduced labels."
+        },
     )
     normalization_mode: str | None = field(
         default=None,
@@ -173,10 +163,14 @@ def find_mask_column(dataset, name):
 
 
 def default_labels(model_args, data_args):
-    """id2label from --id2label, else the preset's, else None for a saved model or config, else binary."""
+    """id2label from --id2label, else the dataset's id2label.json, else None for a saved model or config (which keeps
+    its own), else the preset's, else binary."""
     given = parse_json_argument(data_args.id2label, "--id2label")
     if given is not None:
         return {int(k): str(v) for k, v in given.items()}
+    from_dataset = dataset_id2label(data_args, model_args.cache_dir, model_args.token)
+    if from_dataset is not None:
+        return from_dataset
     if model_args.model_name_or_path or model_args.config_name:
         return None
     if model_args.preset and not model_args.model_type:
@@ -190,11 +184,10 @@ def build_config(model_args, id2label):
     if id2label is not None:
         kwargs = {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
     kwargs.update(parse_json_argument(model_args.config_overrides, "--config_overrides") or {})
-    common = {"cache_dir": model_args.cache_dir, "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path, **common, **kwargs)
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs(model_args), **kwargs)
     if model_args.config_name:
-        return AutoConfig.from_pretrained(model_args.config_name, **common, **kwargs)
+        return AutoConfig.from_pretrained(model_args.config_name, **hub_kwargs(model_args), **kwargs)
     if model_args.model_type:
         return AutoConfig.for_model(model_args.model_type, **kwargs)
     if model_args.preset:
@@ -207,9 +200,8 @@ def build_model(model_args, config):
         return AutoModelForSemanticSegmentation.from_pretrained(
             model_args.model_name_or_path,
             config=config,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **hub_kwargs(model_args),
         )
     return AutoModelForSemanticSegmentation.from_config(config, trust_remote_code=model_args.trust_remote_code)
 
@@ -228,6 +220,7 @@ def init_from_vmamba(model_args, config):
     encoder = AutoModel.from_pretrained(
         model_args.encoder_name_or_path,
         cache_dir=model_args.cache_dir,
+        token=model_args.token,
         trust_remote_code=model_args.trust_remote_code,
     )
     model, report = init_vmunet_from_vmamba(encoder.state_dict(), config)
@@ -236,15 +229,14 @@ def init_from_vmamba(model_args, config):
 
 
 def build_processor(model_args, data_args, config, mask_mode):
-    """The model's image processor, else a `VMUNetImageProcessor` for this data, sized to ``--image_size``."""
+    """The model's image processor, else a `VMUNetImageProcessor` for this data, sized to ``--image_size``, reducing
+    the labels with ``--do_reduce_labels``."""
     size = {"height": data_args.image_size, "width": data_args.image_size} if data_args.image_size else None
     source = model_args.image_processor_name or model_args.model_name_or_path
     processor = None
     if source:
         try:
-            processor = AutoImageProcessor.from_pretrained(
-                source, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-            )
+            processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs(model_args))
         except OSError:
             if model_args.image_processor_name:
                 raise
@@ -253,12 +245,20 @@ def build_processor(model_args, data_args, config, mask_mode):
             processor.size = size
         if hasattr(processor, "mask_mode"):
             processor.mask_mode = mask_mode
+        if hasattr(processor, "do_reduce_labels"):
+            processor.do_reduce_labels = data_args.do_reduce_labels
+        elif data_args.do_reduce_labels:
+            raise ValueError(f"--do_reduce_labels: {type(processor).__name__} cannot reduce labels")
         return processor
     channels = getattr(config, "num_channels", 3)
     mode = data_args.normalization_mode or ("standard" if channels == 1 else "isic")
     kwargs = {"size": size} if size else {}
     return hf_medmamba.VMUNetImageProcessor(
-        num_channels=channels, normalization_mode=mode, mask_mode=mask_mode, **kwargs
+        num_channels=channels,
+        normalization_mode=mode,
+        mask_mode=mask_mode,
+        do_reduce_labels=data_args.do_reduce_labels,
+        **kwargs,
     )
 
 
@@ -329,10 +329,18 @@ def reduce_logits(logits, labels):
     return logits.argmax(dim=1).to(torch.int16)
 
 
-def make_compute_metrics(id2label, ignore_index=255):
+def _mean(values):
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def make_compute_metrics(id2label, ignore_index=255, reduce_labels=False):
     """Binary: the ISIC pooled mIoU, DSC, accuracy, specificity, sensitivity and the mean per-image Dice
-    (`hf_medmamba.tools.metrics.binary_segmentation_metrics`); multi-class: per-class and mean Dice and pixel accuracy
-    over all pixels (`hf_medmamba.tools.metrics.multiclass_segmentation_metrics`)."""
+    (`hf_medmamba.tools.metrics.binary_segmentation_metrics`). Multi-class (and any run with ``--do_reduce_labels``):
+    per-class Dice and IoU over all pixels, their means (``mean_dice``, ``miou``) over the foreground classes 1..C-1
+    (over every class when the labels were reduced, since background is then ignored rather than class 0) and the
+    pixel accuracy (`hf_medmamba.tools.metrics.multiclass_segmentation_metrics`)."""
+    first = 0 if reduce_labels else 1
 
     def compute_metrics(eval_prediction):
         from hf_medmamba.tools.metrics import (
@@ -342,10 +350,15 @@ def make_compute_metrics(id2label, ignore_index=255):
 
         predictions = np.asarray(eval_prediction.predictions)
         labels = np.asarray(eval_prediction.label_ids)
-        if len(id2label) > 2:
-            result = multiclass_segmentation_metrics(predictions, labels, len(id2label), ignore_index)
-            metrics = {f"dice_{id2label[k].replace(' ', '_')}": dice for k, dice in enumerate(result["dice"]) if k}
-            return {**metrics, "mean_dice": result["mean_dice"], "pixel_accuracy": result["pixel_accuracy"]}
+        if len(id2label) > 2 or reduce_labels:
+            maps = label_maps(predictions, len(id2label))
+            result = multiclass_segmentation_metrics(maps, labels, len(id2label), ignore_index)
+            metrics = {}
+            for k in range(first, len(id2label)):
+                name = id2label[k].replace(" ", "_")
+                metrics[f"dice_{name}"], metrics[f"iou_{name}"] = result["dice"][k], result["iou"][k]
+            metrics["mean_dice"], metrics["miou"] = _mean(result["dice"][first:]), _mean(result["iou"][first:])
+            return {**metrics, "pixel_accuracy": result["pixel_accuracy"]}
         valid = labels != ignore_index
         metrics = binary_segmentation_metrics(
             [p[v].astype(np.float32) for p, v in zip(predictions, valid)], [t[v] for t, v in zip(labels, valid)]
@@ -411,76 +424,78 @@ def write_overlays(folder, raw_examples, predictions, image_column, mask_column,
 def main(argv=None, callbacks=None):
     """Run the script with command-line arguments ``argv``; returns the metrics and the paths it wrote."""
     model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataTrainingArguments, RecipeTrainingArguments),
-        argv,
-        defaults={"do_train": True, "do_eval": True, "remove_unused_columns": False},
+        (ModelArguments, DataTrainingArguments, RecipeTrainingArguments), argv
     )
+    hub = take_hub_settings(training_args)
     setup_logging(training_args, logger)
     logger.info(f"Training/evaluation parameters {training_args}")
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="loading the dataset"):
-        dataset = load_image_datasets(data_args, model_args.cache_dir)
-    train_dataset, eval_dataset, eval_split = train_eval_splits(dataset, data_args, training_args.seed)
-    mask_column = find_mask_column(train_dataset, data_args.mask_column_name)
+        dataset = load_image_datasets(data_args, model_args.cache_dir, model_args.token)
+    splits = split_roles(dataset, data_args, training_args.seed)
+    check_splits(splits, training_args)
+    mask_column = find_mask_column(splits.eval, data_args.mask_column_name)
 
     config = build_config(model_args, default_labels(model_args, data_args))
+    publisher = HubPublisher.prepare(hub, config, training_args)
     id2label = {int(k): v for k, v in config.id2label.items()}
     if model_args.encoder_name_or_path:
         model = init_from_vmamba(model_args, config)
     else:
         model = build_model(model_args, config)
-    mask_mode = "binary" if len(id2label) == 2 else "index"
+    mask_mode = "binary" if len(id2label) == 2 and not data_args.do_reduce_labels else "index"
     processor = build_processor(model_args, data_args, config, mask_mode)
     logger.info(f"Model {type(model).__name__} ({model.num_parameters():,} parameters), classes {id2label}")
 
-    train_dataset = with_example_index(limit(train_dataset, data_args.max_train_samples, training_args.seed))
-    eval_dataset = limit(eval_dataset, data_args.max_eval_samples, training_args.seed)
-    raw_eval = eval_dataset
-    log_process(training_args, len(train_dataset), len(eval_dataset))
-    sizes = {"num_train_examples": len(train_dataset), "num_eval_examples": len(eval_dataset)}
     augmentation = build_augmentation(data_args.augmentation, training_args.seed)
     columns = (data_args.image_column_name, mask_column)
-    train_dataset = train_dataset.with_transform(SegmentationTransform(processor, *columns, augmentation))
-    eval_dataset = eval_dataset.with_transform(SegmentationTransform(processor, *columns))
+    sizes = prepare_splits(
+        splits,
+        data_args,
+        training_args.seed,
+        SegmentationTransform(processor, *columns),
+        SegmentationTransform(processor, *columns, augmentation),
+    )
+    log_process(training_args, sizes["num_train_examples"], sizes["num_eval_examples"])
 
     ignore_index = getattr(config, "semantic_loss_ignore_index", 255)
     trainer = make_trainer(
         model,
         training_args,
         callbacks=[*([AugmentationEpochCallback(augmentation)] if augmentation else []), *(callbacks or [])],
-        train_dataset=train_dataset if training_args.do_train else None,
-        eval_dataset=eval_dataset if training_args.do_eval else None,
+        train_dataset=splits.train if training_args.do_train else None,
+        eval_dataset=splits.eval if training_args.do_eval else None,
         data_collator=collate_fn,
-        compute_metrics=make_compute_metrics(id2label, ignore_index),
+        compute_metrics=make_compute_metrics(id2label, ignore_index, data_args.do_reduce_labels),
         preprocess_logits_for_metrics=reduce_logits,
         processing_class=processor,
     )
 
     sizes["num_parameters"] = model.num_parameters()
     results = {"output_dir": training_args.output_dir, "id2label": id2label, "trainer": trainer, **sizes}
-    prediction = train_and_evaluate(trainer, processor, eval_dataset, results)
-    if prediction is not None and trainer.is_world_process_zero():
-        output_dir = Path(training_args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "eval_report.json").write_text(
-            json.dumps(json_safe({"id2label": id2label, **prediction.metrics}), indent=2)
+    predictions = train_and_evaluate(trainer, processor, splits, results)
+    if not trainer.is_world_process_zero():
+        return results
+    output_dir = Path(training_args.output_dir)
+    for prefix, prediction in predictions.items():
+        if prediction is not None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            report = json_safe({"id2label": id2label, **prediction.metrics})
+            (output_dir / f"{prefix}_report.json").write_text(json.dumps(report, indent=2))
+    count = min(data_args.num_overlays, len(splits.eval))
+    if predictions["eval"] is not None and count > 0:
+        results["overlays"] = write_overlays(
+            output_dir / "overlays",
+            splits.eval.with_format(None).select(range(count)),  # the images and masks as loaded
+            predictions["eval"].predictions[:count],
+            data_args.image_column_name,
+            mask_column,
+            id2label,
+            mask_mode,
         )
-        count = min(data_args.num_overlays, len(raw_eval))
-        if count > 0:
-            results["overlays"] = write_overlays(
-                output_dir / "overlays",
-                raw_eval.select(range(count)),
-                prediction.predictions[:count],
-                data_args.image_column_name,
-                mask_column,
-                id2label,
-                mask_mode,
-            )
-
-    if training_args.do_train and trainer.is_world_process_zero():
-        run = {"task": "image-segmentation", "eval_split": eval_split, **sizes}
-        results["model_card"] = write_model_card(trainer, model_args, data_args, run, results.get("eval"))
+    card_metrics = "binary-segmentation" if mask_mode == "binary" else "multiclass-segmentation"
+    finish_run(trainer, model_args, data_args, splits, results, card_metrics, publisher)
     return results
 
 

@@ -12,9 +12,14 @@ import PIL.Image
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import pipeline
+from safetensors.torch import load_file
+from transformers import TrainerCallback, pipeline
 
+import hf_medmamba.tools.hub
 from hf_medmamba import (
+    MedMambaConfig,
+    MedMambaForImageClassification,
+    MedMambaImageProcessor,
     VMambaConfig,
     VMambaForImageClassification,
     VMUNetConfig,
@@ -23,6 +28,7 @@ from hf_medmamba import (
 )
 
 from .conftest import DATA, TINY_MEDMAMBA, TINY_VMUNET, common_args, data_dir, example
+from .hub_stand_in import FakeHfApi, LocalHub, names
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
@@ -31,6 +37,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 @pytest.fixture(scope="session")
 def datasets_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("datasets_cache"))
+
+
+TRAIN_EVAL = ["--do_train", "--do_eval"]  # off unless given, as in transformers' scripts
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A local HTTP stand-in for the Hub's file downloads (see tests/hub_stand_in.py)."""
+    hub = LocalHub().start(monkeypatch)
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def fake_hf_api(monkeypatch):
+    """`huggingface_hub.HfApi` replaced by a recorder; returns its event list (the tests add their own events)."""
+    import huggingface_hub
+
+    FakeHfApi.events = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    return FakeHfApi.events
 
 
 def png_size(path):
@@ -53,7 +80,7 @@ def test_classification_script_end_to_end(tmp_path, datasets_cache):
         [
             "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
             "--recipe", "medmamba", "--image_size", "32", "--max_train_samples", "6", "--max_eval_samples", "6",
-            "--max_steps", "2", "--per_device_train_batch_size", "3", *common_args(out, datasets_cache),
+            "--max_steps", "2", "--per_device_train_batch_size", "3", *TRAIN_EVAL, *common_args(out, datasets_cache),
         ]
     )  # fmt: skip
     assert results["class_names"] == ["benign", "malignant", "normal"]
@@ -86,7 +113,7 @@ def test_classification_script_end_to_end(tmp_path, datasets_cache):
     results = script.main(
         [
             "--data_dir", data_dir("busi_cls"), "--model_name_or_path", str(out), "--image_size", "64",
-            "--max_train_samples", "3", "--max_steps", "1", "--per_device_train_batch_size", "3", "--do_eval", "False",
+            "--max_train_samples", "3", "--max_steps", "1", "--per_device_train_batch_size", "3", "--do_train",
             *common_args(again, datasets_cache),
         ]
     )  # fmt: skip
@@ -106,7 +133,7 @@ def test_binary_segmentation_script_end_to_end(tmp_path, datasets_cache):
         [
             "--data_dir", data_dir("busi_seg"), "--config_overrides", TINY_VMUNET, "--recipe", "isic",
             "--image_size", "64", "--max_train_samples", "4", "--max_eval_samples", "3", "--num_overlays", "2",
-            "--max_steps", "2", "--per_device_train_batch_size", "2", *common_args(out, datasets_cache),
+            "--max_steps", "2", "--per_device_train_batch_size", "2", *TRAIN_EVAL, *common_args(out, datasets_cache),
         ]
     )  # fmt: skip
     model = results["trainer"].model
@@ -137,7 +164,7 @@ def test_multiclass_segmentation_on_ct_slices(tmp_path, datasets_cache):
             "--data_dir", data_dir("ct_abdomen_organs/slices"), "--config_overrides", TINY_VMUNET,
             "--recipe", "synapse", "--image_size", "64", "--max_train_samples", "4", "--max_eval_samples", "3",
             "--train_val_split", "0.2", "--num_overlays", "1", "--max_steps", "1", "--per_device_train_batch_size", "4",
-            *common_args(out, datasets_cache),
+            *TRAIN_EVAL, *common_args(out, datasets_cache),
         ]
     )  # fmt: skip
     config = json.loads((out / "config.json").read_text())
@@ -148,6 +175,12 @@ def test_multiclass_segmentation_on_ct_slices(tmp_path, datasets_cache):
     organs = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
     assert all(f"eval_dice_{organ}" in all_results for organ in organs)
     assert 0.0 <= all_results["eval_mean_dice"] <= 1.0
+    # mIoU: the mean of the organs' IoUs (background left out), each IoU = Dice / (2 - Dice) for pooled counts
+    ious = [all_results[f"eval_iou_{organ}"] for organ in organs]
+    dices = [all_results[f"eval_dice_{organ}"] for organ in organs]
+    assert np.allclose(ious, [d / (2 - d) for d in dices], equal_nan=True)
+    assert all_results["eval_miou"] == pytest.approx(np.nanmean(ious)) and "eval_iou_background" not in all_results
+    assert card_results(out)["Mean IoU over the classes"][0] == round(all_results["eval_miou"], 4)
     assert len(list((out / "overlays").glob("*.png"))) == 1
 
 
@@ -180,7 +213,8 @@ def test_transformers_baselines_train_with_the_same_recipe(
         [
             "--data_dir", data_dir(data), "--model_type", model_type, "--config_overrides", overrides,
             "--recipe", recipe, "--image_size", size, "--max_train_samples", "4", "--max_eval_samples", "2",
-            "--max_steps", "1", "--per_device_train_batch_size", "4", *extra, *common_args(tmp_path, datasets_cache),
+            "--max_steps", "1", "--per_device_train_batch_size", "4", *extra, *TRAIN_EVAL,
+            *common_args(tmp_path, datasets_cache),
         ]
     )  # fmt: skip
     trainer = results["trainer"]
@@ -199,7 +233,7 @@ def test_vmunet_encoder_initialised_from_vmamba_like_upstream_load_from(tmp_path
     arguments = [
         "--data_dir", data_dir("busi_seg"), "--preset", "vmunet-paper", "--config_overrides",
         '{"depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 2], "dims": [16, 32, 64, 128]}',
-        "--encoder_name_or_path", str(tmp_path / "vmamba"), "--do_train", "False", "--do_eval", "False",
+        "--encoder_name_or_path", str(tmp_path / "vmamba"),
         *common_args(tmp_path / "out", datasets_cache),
     ]  # fmt: skip
     results = example("run_semantic_segmentation").main(arguments)
@@ -282,3 +316,378 @@ def test_demo_smoke_writes_the_report(tmp_path, datasets_cache, monkeypatch):
     assert 0.0 <= summary["segmentation"]["dsc"] <= 1.0
     assert (tmp_path / "medmamba-busi" / "model.safetensors").is_file()
     assert (tmp_path / "vmunet-busi" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# transformers' argument names and defaults
+# ---------------------------------------------------------------------------------------------------------------------
+
+SCRIPTS = ("run_image_classification", "run_semantic_segmentation")
+
+
+def parse(script_name, argv):
+    script = example(script_name)
+    types = (script.ModelArguments, script.DataTrainingArguments, example("example_utils").RecipeTrainingArguments)
+    return example("example_utils").parse_arguments(types, argv)
+
+
+@pytest.mark.parametrize("script_name", SCRIPTS)
+def test_nothing_runs_unless_asked_and_no_default_names_a_hub_repository(script_name, tmp_path):
+    model_args, data_args, args = parse(script_name, ["--output_dir", str(tmp_path)])
+    assert (args.do_train, args.do_eval, args.do_predict, args.overwrite_output_dir) == (False, False, False, False)
+    assert args.hub_strategy.value == "end" and not args.push_to_hub
+    assert model_args.model_revision == "main" and model_args.token is None
+    for values in (model_args, data_args):
+        for name, value in vars(values).items():  # a Hub id has a '/', like 'nvidia/mit-b0'
+            assert not (isinstance(value, str) and "/" in value), f"--{name} defaults to {value!r}"
+    with pytest.raises(ValueError, match="exactly one data source"):
+        example(script_name).main(["--do_train", "--output_dir", str(tmp_path)])
+
+
+def test_do_eval_alone_evaluates_without_training(tmp_path, datasets_cache):
+    """The bug this guards against: with do_train on by default, `--do_eval` alone trained (and overwrote) a model."""
+    results = example("run_image_classification").main(
+        [
+            "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
+            "--image_size", "32", "--max_eval_samples", "4", "--do_eval", *common_args(tmp_path, datasets_cache),
+        ]
+    )  # fmt: skip
+    assert results["trainer"].state.global_step == 0 and "train" not in results
+    all_results = json.loads((tmp_path / "all_results.json").read_text())
+    assert "eval_accuracy" in all_results and not any(key.startswith("train") for key in all_results)
+    assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "README.md").exists()
+
+
+def test_train_dir_and_validation_dir(tmp_path, datasets_cache):
+    """One imagefolder per split (class sub-folders; a metadata.csv naming masks), evaluated on 'validation'."""
+    results = example("run_image_classification").main(
+        [
+            "--train_dir", data_dir("busi_cls/train"), "--validation_dir", data_dir("busi_cls/test"),
+            "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA, "--image_size", "32",
+            "--max_train_samples", "3", "--max_eval_samples", "4", "--max_steps", "1", *TRAIN_EVAL,
+            *common_args(tmp_path / "cls", datasets_cache),
+        ]
+    )  # fmt: skip
+    assert results["class_names"] == ["benign", "malignant", "normal"]
+    assert results["num_eval_examples"] == 4 and card_results(tmp_path / "cls")["Accuracy"][1] == "validation"
+    results = example("run_semantic_segmentation").main(
+        [
+            "--train_dir", data_dir("busi_seg/train"), "--validation_dir", data_dir("busi_seg/test"),
+            "--preset", "vmunet-paper", "--config_overrides", TINY_VMUNET, "--image_size", "32",
+            "--max_train_samples", "2", "--max_eval_samples", "2", "--max_steps", "1", "--num_overlays", "0",
+            *TRAIN_EVAL, *common_args(tmp_path / "seg", datasets_cache),
+        ]
+    )  # fmt: skip
+    assert results["trainer"].train_dataset.num_rows == 2 and "eval_dsc" in results["eval"]
+    assert card_results(tmp_path / "seg")["DSC (pooled over all pixels)"][1] == "validation"
+    with pytest.raises(FileNotFoundError, match="--validation_dir"):
+        example("run_image_classification").main(
+            ["--validation_dir", str(tmp_path / "missing"), "--do_eval", "--output_dir", str(tmp_path / "x")]
+        )
+
+
+def test_model_revision_and_token_reach_the_hub(tmp_path, datasets_cache, local_hub):
+    """--model_name_or_path as a Hub id: config, weights and processor come from --model_revision with --token, and
+    the card names that repository as its base_model."""
+    torch.manual_seed(0)
+    config = MedMambaConfig(
+        depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], id2label={0: "benign", 1: "malignant", 2: "normal"}
+    )
+    upstream = MedMambaForImageClassification(config)
+    upstream.save_pretrained(tmp_path / "repo")
+    MedMambaImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "repo")
+    local_hub.add("lab/medmamba-tiny", tmp_path / "repo", revision="v1.0")
+    out = tmp_path / "out"
+    results = example("run_image_classification").main(
+        [
+            "--model_name_or_path", "lab/medmamba-tiny", "--model_revision", "v1.0", "--token", "hf_read_token",
+            "--data_dir", data_dir("busi_cls"), "--max_train_samples", "3", "--max_steps", "1", "--learning_rate", "0",
+            "--do_train", *common_args(out, str(tmp_path / "cache")),
+        ]
+    )  # fmt: skip
+    downloads = local_hub.paths("GET")
+    for file in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert f"/lab/medmamba-tiny/resolve/v1.0/{file}" in downloads, downloads
+    assert not any("/resolve/main/" in path for path in downloads)
+    assert {auth for _, path, auth in local_hub.requests if "/resolve/" in path} == {"Bearer hf_read_token"}
+    trained = dict(results["trainer"].model.named_parameters())  # learning rate 0: the downloaded weights
+    assert len(trained) > 100 and all(torch.equal(trained[k], v) for k, v in upstream.named_parameters())
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "lab/medmamba-tiny" and card.data.license != "apache-2.0"
+    assert card.data.datasets is None  # a local imagefolder is no Hub dataset
+
+
+def copy_of_ct_slices(tmp_path, id2label=None):
+    """The bundled CT slices in a folder of their own, optionally with an id2label.json beside them."""
+    import shutil
+
+    folder = tmp_path / "ct_slices"
+    shutil.copytree(data_dir("ct_abdomen_organs/slices"), folder)
+    if id2label is not None:
+        (folder / "id2label.json").write_text(json.dumps(id2label))
+    return folder
+
+
+ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
+
+
+def test_class_names_from_the_hub_datasets_id2label_json(tmp_path, datasets_cache, local_hub, monkeypatch):
+    """--dataset_name on the Hub: the class names come from the repository's id2label.json (read with --token), so
+    a multi-class dataset needs no hand-written --id2label; without the file the preset's names stay."""
+    import datasets
+
+    slices = datasets.load_dataset(
+        "imagefolder", data_dir=data_dir("ct_abdomen_organs/slices"), cache_dir=datasets_cache
+    )
+    loaded = []
+
+    def load_dataset(name, *args, **kwargs):  # the Hub's dataset files: the bundled slices
+        loaded.append((name, kwargs.get("token")))
+        return slices
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    id2label = {str(i): name.upper() for i, name in enumerate(["BACKGROUND", *ORGANS])}
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "id2label.json").write_text(json.dumps(id2label))
+    local_hub.add("lab/ct-organs", tmp_path / "repo", repo_type="dataset")
+    arguments = [
+        "--dataset_name", "lab/ct-organs", "--token", "hf_read_token", "--preset", "vmunet-synapse",
+        "--config_overrides", TINY_VMUNET, "--image_size", "32", "--max_eval_samples", "2", "--num_overlays", "0",
+        "--do_eval", *common_args(tmp_path / "out", str(tmp_path / "cache")),
+    ]  # fmt: skip
+    results = example("run_semantic_segmentation").main(arguments)
+    assert results["id2label"] == {int(k): v for k, v in id2label.items()}
+    assert loaded == [("lab/ct-organs", "hf_read_token")]
+    assert ("GET", "/datasets/lab/ct-organs/resolve/main/id2label.json", "Bearer hf_read_token") in local_hub.requests
+    assert "eval_dice_LIVER" in results["eval"]
+
+    (tmp_path / "repo" / "id2label.json").unlink()
+    arguments[arguments.index(str(tmp_path / "cache"))] = str(tmp_path / "fresh_cache")
+    results = example("run_semantic_segmentation").main(arguments)
+    assert list(results["id2label"].values()) == ["background", *ORGANS]  # the vmunet-synapse preset's
+
+
+def test_do_reduce_labels_ignores_background_and_shifts_the_classes(tmp_path, datasets_cache):
+    """Masks 0..8 with --do_reduce_labels and an id2label.json of the 8 organs: 0 -> 255 (ignored), k -> k - 1; the
+    metrics then cover all 8 classes (class 0 is the spleen, not background)."""
+    folder = copy_of_ct_slices(tmp_path, {str(i): name for i, name in enumerate(ORGANS)})
+    out = tmp_path / "out"
+    results = example("run_semantic_segmentation").main(
+        [
+            "--data_dir", str(folder), "--preset", "vmunet-synapse", "--config_overrides", TINY_VMUNET,
+            "--image_size", "32", "--do_reduce_labels", "--max_train_samples", "2", "--max_eval_samples", "3",
+            "--train_val_split", "0.2", "--num_overlays", "0", "--max_steps", "1", *TRAIN_EVAL,
+            *common_args(out, datasets_cache),
+        ]
+    )  # fmt: skip
+    trainer = results["trainer"]
+    assert trainer.model.config.num_labels == 8 and results["id2label"] == dict(enumerate(ORGANS))
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["do_reduce_labels"] and processor["mask_mode"] == "index"
+    plain = VMUNetImageProcessor(num_channels=1, normalization_mode="standard", mask_mode="index", size=32)
+    for example_index in range(2):
+        raw = trainer.train_dataset.with_format(None)[example_index]
+        labels = np.asarray(plain(raw["image"], segmentation_maps=raw["label"])["labels"][0])
+        reduced = np.asarray(trainer.train_dataset[example_index]["labels"])
+        assert np.array_equal(reduced, np.where(labels == 0, 255, labels - 1))
+        assert (labels == 0).any() and (labels > 0).any()
+    metrics = results["eval"]
+    ious = [metrics[f"eval_iou_{name.replace(' ', '_')}"] for name in ORGANS]
+    assert "eval_iou_background" not in metrics and "eval_dice_spleen" in metrics
+    assert metrics["eval_miou"] == pytest.approx(np.nanmean(ious))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MedMNIST .npz files: choose on validation, report on test
+# ---------------------------------------------------------------------------------------------------------------------
+
+BREASTMNIST = DATA / "medmnist" / "breastmnist.npz"
+
+
+def test_breastmnist_chooses_on_validation_and_reports_on_test(tmp_path, datasets_cache):
+    """The bundled BreastMNIST with the MedMamba recipe (RandomResizedCrop of the 28x28 gray images to 32 px): the
+    checkpoint with the best validation AUC is the saved model, and it is evaluated on the whole official test split
+    (test_* metrics, AUC included, in all_results.json and the card)."""
+    out = tmp_path / "breastmnist"
+    results = example("run_image_classification").main(
+        [
+            "--medmnist_file", str(BREASTMNIST), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
+            "--recipe", "medmamba", "--image_size", "32", "--max_train_samples", "16",
+            "--per_device_train_batch_size", "4", "--max_steps", "3", "--eval_strategy", "steps", "--eval_steps", "1",
+            "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end",
+            "--metric_for_best_model", "auc", "--do_predict", *TRAIN_EVAL, *common_args(out, datasets_cache),
+        ]
+    )  # fmt: skip
+    trainer = results["trainer"]
+    assert results["class_names"] == ["malignant", "normal, benign"]  # MedMNIST's INFO
+    assert (results["num_eval_examples"], results["num_test_examples"]) == (78, 156)  # the official split
+    assert np.asarray(trainer.train_dataset[0]["pixel_values"]).shape == (3, 32, 32)
+
+    aucs = {e["step"]: e["eval_auc"] for e in trainer.state.log_history if "eval_auc" in e}
+    best_step = max(aucs, key=lambda step: (aucs[step], -step))  # the first of equals wins
+    assert trainer.state.best_model_checkpoint == str(out / f"checkpoint-{best_step}")
+    saved, best = load_file(out / "model.safetensors"), load_file(out / f"checkpoint-{best_step}" / "model.safetensors")
+    assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in saved)
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert all_results["eval_auc"] == pytest.approx(aucs[best_step])  # the final evaluation is of the chosen model
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "auc"):
+        assert 0.0 <= all_results[f"test_{key}"] <= 1.0, key
+    report = json.loads((out / "test_report.json").read_text())
+    assert np.array(report["confusion_matrix"]).sum() == 156 and report["auc"] == pytest.approx(all_results["test_auc"])
+    assert png_size(out / "test_confusion_matrix.png")[0] > 100
+    in_card = card_results(out)
+    assert in_card["One-vs-rest AUC"] == (round(all_results["test_auc"], 4), "test")
+    card = ModelCard.load(out / "README.md")
+    assert f"checkpoint-{best_step}" in card.text and "breastmnist (MedMNIST v2 .npz" in card.text
+
+
+def test_medmnist_files_are_checked_and_named(tmp_path):
+    medmnist = example("medmnist_npz")
+    arrays = {}
+    for split, count in (("train", 5), ("val", 2), ("test", 3)):
+        arrays[f"{split}_images"] = np.random.default_rng(0).integers(0, 256, (count, 28, 28, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(count) % 3).reshape(-1, 1).astype(np.uint8)
+    np.savez(tmp_path / "dermamnist_64.npz", **arrays)
+    dataset = medmnist.load_medmnist(tmp_path / "dermamnist_64.npz")  # an RGB set with no names known here
+    assert {name: len(split) for name, split in dataset.items()} == {"train": 5, "validation": 2, "test": 3}
+    assert dataset["train"].features["label"].names == ["0", "1", "2"]
+    assert dataset["test"][2]["image"].mode == "RGB" and dataset["test"][2]["label"] == 2
+    named = medmnist.load_medmnist(tmp_path / "dermamnist_64.npz", {0: "a", 1: "b", 2: "c"})
+    assert named["train"].features["label"].names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"cover the indices 0\.\.2"):
+        medmnist.load_medmnist(tmp_path / "dermamnist_64.npz", {0: "a", 1: "b"})
+    np.savez(tmp_path / "chestmnist.npz", **{**arrays, "train_labels": np.zeros((5, 14), dtype=np.uint8)})
+    with pytest.raises(ValueError, match="multi-label"):
+        medmnist.load_medmnist(tmp_path / "chestmnist.npz")
+    np.savez(tmp_path / "partial.npz", train_images=arrays["train_images"], train_labels=arrays["train_labels"])
+    with pytest.raises(ValueError, match=r"lacks .*val_images"):
+        medmnist.load_medmnist(tmp_path / "partial.npz")
+    with pytest.raises(ValueError, match="--id2label names the classes of a --medmnist_file"):
+        example("run_image_classification").main(
+            ["--data_dir", data_dir("busi_cls"), "--id2label", '{"0": "a"}', "--output_dir", str(tmp_path)]
+        )
+    with pytest.raises(ValueError, match="--do_predict reports on a 'test' split"):
+        example("run_image_classification").main(
+            [
+                "--train_dir", data_dir("busi_cls/train"), "--validation_dir", data_dir("busi_cls/test"),
+                "--do_predict", "--output_dir", str(tmp_path),
+            ]
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Publishing from training: after evaluation, once, through hf_medmamba.tools.hub.push_folder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RecordEvaluations(TrainerCallback):
+    """Adds an event per evaluation or prediction to the fake Hub API's event list."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.events.append(("evaluate", {"keys": sorted(metrics or {})}))
+
+    def on_predict(self, args, state, control, metrics=None, **kwargs):
+        self.events.append(("predict", {"keys": sorted(metrics or {})}))
+
+
+def test_push_to_hub_publishes_the_evaluated_folder_once(tmp_path, datasets_cache, fake_hf_api):
+    """train -> evaluate -> test -> the package's card -> one commit of the whole folder (no pickle, no
+    checkpoints); the Trainer itself never pushes. A bare --hub_model_id goes to the token owner's namespace."""
+    out = tmp_path / "medmamba-breastmnist"
+    results = example("run_image_classification").main(
+        [
+            "--medmnist_file", str(BREASTMNIST), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
+            "--image_size", "32", "--max_train_samples", "8", "--max_eval_samples", "16", "--max_predict_samples", "16",
+            "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1", "--save_steps", "1", "--do_predict",
+            "--push_to_hub", "--hub_model_id", "medmamba-bm", "--hub_private_repo", "True",
+            "--hub_token", "hf_write_token", *TRAIN_EVAL, *common_args(out, datasets_cache),
+        ],
+        callbacks=[RecordEvaluations(fake_hf_api)],
+    )  # fmt: skip
+    assert results["trainer"].args.push_to_hub is False  # the Trainer never pushes
+    events = names(fake_hf_api)
+    assert events.count("create_commit") == 1 and "upload_folder" not in events
+    last_evaluation = max(i for i, name in enumerate(events) if name in ("evaluate", "predict"))
+    assert events.index("create_repo") > last_evaluation  # nothing reaches the Hub before evaluation is over
+    assert events[-3:] == ["predict", "create_repo", "create_commit"]  # eval (step 1, 2, final), then test
+    assert ("HfApi", {"token": "hf_write_token"}) in fake_hf_api
+    (create,) = [info for name, info in fake_hf_api if name == "create_repo"]
+    (commit,) = [info for name, info in fake_hf_api if name == "create_commit"]
+    assert create["repo_id"] == commit["repo_id"] == f"{FakeHfApi.user}/medmamba-bm" and create["private"] is True
+    assert results["hub"]["repo_id"] == f"{FakeHfApi.user}/medmamba-bm"
+
+    uploaded = set(commit["contents"])
+    top_level = {p.name for p in out.iterdir() if p.is_file()}
+    assert (out / "training_args.bin").is_file() and (out / "checkpoint-2").is_dir()
+    assert uploaded == top_level - {"training_args.bin"}  # no pickle, no checkpoint folders
+    assert {"README.md", "model.safetensors", "config.json", "preprocessor_config.json", "modeling_medmamba.py"} <= (
+        uploaded
+    )
+    assert {"all_results.json", "test_report.json", "confusion_matrix.png"} <= uploaded
+    card = ModelCard(commit["contents"]["README.md"].decode())
+    all_results = json.loads((out / "all_results.json").read_text())
+    metrics = {r.metric_name: (r.metric_value, r.dataset_split) for r in card.data.eval_results}
+    assert metrics["Accuracy"] == (round(all_results["test_accuracy"], 4), "test")
+    assert metrics["One-vs-rest AUC"] == (round(all_results["test_auc"], 4), "test")
+    assert card.data.base_model is None and card.data.datasets is None and card.data.license == "apache-2.0"
+    assert f"{FakeHfApi.user}/medmamba-bm" in card.text  # the loading examples name the repository
+    assert commit["contents"]["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+
+def test_published_segmentation_card_names_its_base_model_and_dataset(
+    tmp_path, datasets_cache, fake_hf_api, local_hub, monkeypatch
+):
+    """VM-UNet started from converted VMamba weights (--base_model names them on the Hub) on a Hub dataset: the card
+    gets base_model and datasets, and the upload carries it."""
+    import datasets
+
+    torch.manual_seed(0)
+    VMambaForImageClassification(
+        VMambaConfig(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], id2label={0: "a", 1: "b"})
+    ).save_pretrained(tmp_path / "vmamba")
+    busi = datasets.load_dataset("imagefolder", data_dir=data_dir("busi_seg"), cache_dir=datasets_cache)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: busi)
+    checked = []  # the fresh-process load check runs in the classification test above; here only its call is seen
+    verified = {"remote_max_abs_diff": 0.0, "remote_tolerance": 1e-4}
+    monkeypatch.setattr(hf_medmamba.tools.hub, "verify_folder", lambda folder: checked.append(folder) or verified)
+    (tmp_path / "dataset_repo").mkdir()
+    local_hub.add("lab/busi-seg", tmp_path / "dataset_repo", repo_type="dataset")  # no id2label.json: binary names
+    out = tmp_path / "vmunet-busi"
+    example("run_semantic_segmentation").main(
+        [
+            "--dataset_name", "lab/busi-seg", "--preset", "vmunet-paper", "--config_overrides", TINY_VMUNET,
+            "--encoder_name_or_path", str(tmp_path / "vmamba"), "--base_model", "lab/vmamba-s-v0",
+            "--image_size", "32", "--max_train_samples", "2", "--max_eval_samples", "2", "--max_steps", "1",
+            "--num_overlays", "0", "--push_to_hub", "--hub_model_id", "lab/vmunet-busi", "--hub_revision", "dev",
+            *TRAIN_EVAL, *common_args(out, datasets_cache),
+        ]
+    )  # fmt: skip
+    assert names(fake_hf_api) == ["HfApi", "create_repo", "create_branch", "create_commit"]  # no whoami: a full id
+    assert local_hub.paths("HEAD") == ["/datasets/lab/busi-seg/resolve/main/id2label.json"]
+    (commit,) = [info for name, info in fake_hf_api if name == "create_commit"]
+    assert commit["repo_id"] == "lab/vmunet-busi" and commit["revision"] == "dev"
+    assert checked == [out]
+    card = ModelCard(commit["contents"]["README.md"].decode())
+    assert card.data.base_model == "lab/vmamba-s-v0" and card.data.datasets == ["lab/busi-seg"]
+    assert {r.dataset_type for r in card.data.eval_results} == {"lab/busi-seg"}
+    assert "DSC (pooled over all pixels)" in {r.metric_name for r in card.data.eval_results}
+
+
+def test_hub_flags_that_cannot_be_honoured_are_refused_before_training(tmp_path, datasets_cache, fake_hf_api):
+    base = [
+        "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
+        "--image_size", "32", "--max_train_samples", "2", "--max_steps", "1", *common_args(tmp_path, datasets_cache),
+    ]  # fmt: skip
+    script = example("run_image_classification")
+    with pytest.raises(ValueError, match="--hub_strategy every_save is not supported"):
+        script.main([*base, "--do_train", "--push_to_hub", "--hub_strategy", "every_save"])
+    with pytest.raises(ValueError, match="--hub_strategy checkpoint is not supported"):
+        script.main([*base, "--do_train", "--hub_strategy", "checkpoint"])
+    with pytest.raises(ValueError, match="add --do_train"):
+        script.main([*base, "--do_eval", "--push_to_hub"])
+    with pytest.raises(ValueError, match="'convnext' model is not one"):
+        script.main([*base, "--do_train", "--push_to_hub", "--model_type", "convnext"])
+    assert fake_hf_api == [] and not (tmp_path / "model.safetensors").exists()  # refused before any work

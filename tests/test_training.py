@@ -47,17 +47,31 @@ class StopAt(TrainerCallback):
         return control
 
 
+class CountSteps(TrainerCallback):
+    """How many optimizer steps this run made (a resumed run makes only the missing ones)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.count += 1
+
+
+def max_difference(expected, actual):
+    return max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected)
+
+
 def classification_args(output_dir, cache_dir, *extra):
     return [
         "--data_dir", data_dir("busi_cls"), "--preset", "medmamba-t", "--config_overrides", TINY_MEDMAMBA,
-        "--image_size", "32", "--do_eval", "False", *common_args(output_dir, cache_dir), *extra,
+        "--image_size", "32", "--do_train", *common_args(output_dir, cache_dir), *extra,
     ]  # fmt: skip
 
 
 def segmentation_args(output_dir, cache_dir, *extra):
     return [
         "--data_dir", data_dir("busi_seg"), "--config_overrides", TINY_VMUNET, "--image_size", "32",
-        "--do_eval", "False", *common_args(output_dir, cache_dir), *extra,
+        "--do_train", *common_args(output_dir, cache_dir), *extra,
     ]  # fmt: skip
 
 
@@ -180,8 +194,9 @@ def test_bf16_on_cpu_and_the_time_budget(tmp_path, datasets_cache):
 
 
 def test_resumed_training_reaches_the_weights_of_an_uninterrupted_run(tmp_path, datasets_cache):
-    """Interrupted after 3 of 8 steps (mid-epoch) and resumed: bitwise the same final weights, with augmentation,
-    stochastic depth, AdamW and the per-epoch schedule in play. Checkpoints are safetensors."""
+    """Interrupted after 3 of 8 steps (mid-epoch) and resumed, with --resume_from_checkpoint or by running the same
+    command again in the same output_dir: bitwise the same final weights, with augmentation, stochastic depth, AdamW
+    and the per-epoch schedule in play. Checkpoints are safetensors. --overwrite_output_dir starts afresh."""
     script = example("run_image_classification")
 
     def run(name, *extra, callbacks=None):
@@ -198,15 +213,26 @@ def test_resumed_training_reaches_the_weights_of_an_uninterrupted_run(tmp_path, 
     assert interrupted["trainer"].state.global_step == 3
     checkpoint = tmp_path / "interrupted" / "checkpoint-3"
     assert (checkpoint / "model.safetensors").is_file() and not (checkpoint / "pytorch_model.bin").exists()
+    partial = load_file(tmp_path / "interrupted" / "model.safetensors")
     resumed = run("resumed", "--resume_from_checkpoint", str(checkpoint))
     assert resumed["trainer"].state.global_step == 8
 
     expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
     actual = load_file(tmp_path / "resumed" / "model.safetensors")
-    partial = load_file(tmp_path / "interrupted" / "model.safetensors")
     assert expected.keys() == actual.keys()
-    assert max((expected[k].double() - actual[k].double()).abs().max().item() for k in expected) <= 1e-6
-    assert max((expected[k].double() - partial[k].double()).abs().max().item() for k in expected) > 1e-4
+    assert max_difference(expected, actual) <= 1e-6
+    assert max_difference(expected, partial) > 1e-4
+
+    # The same command again in the interrupted run's output_dir resumes from its last checkpoint by itself ...
+    steps = CountSteps()
+    run("interrupted", callbacks=[steps])
+    assert (
+        steps.count == 5 and max_difference(expected, load_file(tmp_path / "interrupted" / "model.safetensors")) <= 1e-6
+    )
+    # ... unless --overwrite_output_dir: then it trains from scratch, though checkpoints are there
+    steps = CountSteps()
+    run("interrupted", "--overwrite_output_dir", "--max_steps", "2", callbacks=[steps])
+    assert steps.count == 2 and (tmp_path / "interrupted" / "checkpoint-8").is_dir()
 
 
 def test_two_processes_with_gloo_share_the_data(tmp_path, datasets_cache):
@@ -246,4 +272,6 @@ def test_bundled_data_matches_the_shared_copy():
         assert ours == theirs, name
     sample = Path("busi_seg/test/masks/benign_0032.png")
     assert (DATA / sample).read_bytes() == (shared / sample).read_bytes()
+    breastmnist = Path("medmnist/breastmnist.npz")
+    assert (DATA / breastmnist).read_bytes() == (shared / breastmnist).read_bytes()
     assert (DATA / "README.md").is_file()

@@ -230,8 +230,9 @@ def multiclass_segmentation_metrics(predictions, targets, num_classes, ignore_in
     ``predictions`` and ``targets`` are class-index arrays of the same shape (N × H × W or flat); target pixels equal
     to ``ignore_index`` are left out. From one confusion matrix over all remaining pixels: ``dice`` (a list of C
     values, ``2 TP_k / (2 TP_k + FP_k + FN_k)``; NaN for a class that is in neither the targets nor the predictions),
-    ``mean_dice`` (the mean over the foreground classes 1..C-1 that are not NaN; NaN if all are) and
-    ``pixel_accuracy``. For per-volume Dice and HD95 use `volume_dice_hd95`.
+    ``iou`` (likewise, ``TP_k / (TP_k + FP_k + FN_k)``), ``mean_dice`` and ``mean_iou`` (the means over the
+    foreground classes 1..C-1 that are not NaN; NaN if all are) and ``pixel_accuracy``. For per-volume Dice and HD95
+    use `volume_dice_hd95`.
     """
     predictions, targets = _to_numpy(predictions), _to_numpy(targets)
     if predictions.shape != targets.shape:
@@ -246,9 +247,12 @@ def multiclass_segmentation_metrics(predictions, targets, num_classes, ignore_in
     counts = confusion_matrix(targets, predictions, labels=list(range(num_classes)))
     tp = np.diag(counts).astype(np.float64)
     dice = _ratio(2 * tp, counts.sum(axis=0) + counts.sum(axis=1), undefined=np.nan)
+    iou = _ratio(tp, counts.sum(axis=0) + counts.sum(axis=1) - tp, undefined=np.nan)
     return {
         "dice": dice.tolist(),
+        "iou": iou.tolist(),
         "mean_dice": _mean(dice[1:]),
+        "mean_iou": _mean(iou[1:]),
         "pixel_accuracy": float(_ratio(tp.sum(), counts.sum(), undefined=np.nan)),
     }
 

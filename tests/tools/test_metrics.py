@@ -278,10 +278,14 @@ def test_multiclass_segmentation_metrics_by_hand():
     # FN 1 -> 2/4. The ignored pixel (predicted 2) counts nowhere.
     assert result["dice"] == approx([0.5, 2 / 3, 0.5])
     assert result["mean_dice"] == approx((2 / 3 + 0.5) / 2)
+    # IoU = TP / (TP + FP + FN): 1/3, 2/4, 1/3; the mean runs over the foreground classes 1 and 2
+    assert result["iou"] == approx([1 / 3, 1 / 2, 1 / 3])
+    assert result["mean_iou"] == approx((1 / 2 + 1 / 3) / 2)
     assert result["pixel_accuracy"] == approx(4 / 7)
-    # A class absent from targets and predictions has an undefined (NaN) Dice and stays out of the mean.
+    # A class absent from targets and predictions has an undefined (NaN) Dice and IoU and stays out of the means.
     result = multiclass_segmentation_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), num_classes=3)
     assert math.isnan(result["dice"][2]) and result["mean_dice"] == approx(2 / 3)
+    assert math.isnan(result["iou"][2]) and result["mean_iou"] == approx(1 / 2)
     with pytest.raises(ValueError, match="class indices"):
         multiclass_segmentation_metrics(np.array([0, 3]), np.array([0, 1]), num_classes=3)
     with pytest.raises(ValueError, match="shape"):
