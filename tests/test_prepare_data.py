@@ -17,7 +17,7 @@ import torch
 
 from hf_medmamba import VMUNetConfig, VMUNetForSegmentation, VMUNetImageProcessor
 from hf_medmamba.configuration_vmunet import SYNAPSE_LABELS
-from tests.test_examples import EXAMPLES, TINY_VMUNET, _one_thread, common_args, example  # noqa: F401
+from tests.test_examples import EXAMPLES, TINY_VMUNET, _one_thread, common_args, example  # noqa: F401 (autouse)
 
 
 # The challenges' download files (challenge.isic-archive.com), images then masks for training, validation and test.
