@@ -21,7 +21,7 @@ CORE = [
 ]
 
 EXTRAS = {
-    # fine-tuning and evaluation: data loading, training loop, metrics, augmentation, plots, NIfTI volumes
+    # fine-tuning and evaluation: data loading, training loop, metrics, augmentation, plots, NIfTI and HDF5 volumes
     "train": [
         "datasets>=3.0",
         "accelerate>=1.0",
@@ -30,6 +30,8 @@ EXTRAS = {
         "albumentations>=2.0",
         "matplotlib>=3.8",
         "nibabel>=5.0",
+        # TransUNet's Synapse test volumes (test_vol_h5/*.npy.h5) read by examples/prepare_synapse.py
+        "h5py>=3.8",
     ],
     # medical file formats for the prediction CLI: DICOM and NIfTI
     "medical": ["pydicom>=2.4", "nibabel>=5.0"],
