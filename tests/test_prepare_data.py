@@ -17,7 +17,11 @@ import torch
 
 from hf_medmamba import VMUNetConfig, VMUNetForSegmentation, VMUNetImageProcessor
 from hf_medmamba.configuration_vmunet import SYNAPSE_LABELS
-from tests.test_examples import EXAMPLES, TINY_VMUNET, _one_thread, common_args, example  # noqa: F401 (autouse)
+
+from .conftest import EXAMPLES, TINY_VMUNET, common_args, example
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # The challenges' download files (challenge.isic-archive.com), images then masks for training, validation and test.
@@ -268,7 +272,8 @@ def test_isic_heldout_split_is_seeded_and_keeps_test_apart(tmp_path):
     assert {name: len(part) for name, part in loaded.items()} == {"train": 10, "validation": 2, "test": 4}
     assert loaded["train"].column_names[:2] == ["image", "mask"] and loaded["test"][0]["mask"].mode == "L"
     arguments = type("DataArguments", (), {"eval_split_name": None, "train_val_split": 0.15})
-    assert example("example_utils").train_eval_splits(loaded, arguments, 0)[2] == "validation"
+    roles = example("example_data").split_roles(loaded, arguments, 0)
+    assert (roles.eval_name, roles.test_name) == ("validation", "test")
 
     # idempotent: preparing again over the same folder (--overwrite) rewrites identical files
     isic().prepare(source, tmp_path / "a", "isic17", split="heldout", size=16, seed=42, overwrite=True)
@@ -576,7 +581,7 @@ def test_segmentation_script_trains_on_prepared_isic(tmp_path):
         [
             "--data_dir", str(tmp_path / "isic17"), "--config_overrides", TINY_VMUNET, "--recipe", "isic",
             "--image_size", "32", "--max_train_samples", "2", "--max_steps", "1", "--per_device_train_batch_size", "2",
-            "--num_overlays", "0", *common_args(out, str(tmp_path / "cache")),
+            "--num_overlays", "0", "--do_train", "--do_eval", *common_args(out, str(tmp_path / "cache")),
         ]
     )  # fmt: skip
     assert results["num_train_examples"] == 2 and results["num_eval_examples"] == 3  # all of test/
@@ -597,7 +602,7 @@ def test_synapse_slices_and_volumes_feed_training_and_evaluation(tmp_path):
             "--data_dir", str(prepared / "slices"), "--config_overrides", TINY_VMUNET, "--recipe", "synapse",
             "--id2label", str(prepared / "slices" / "id2label.json"), "--image_size", "32", "--max_train_samples", "2",
             "--max_eval_samples", "3", "--max_steps", "1", "--per_device_train_batch_size", "2", "--num_overlays", "0",
-            *common_args(out, str(tmp_path / "cache")),
+            "--do_train", "--do_eval", *common_args(out, str(tmp_path / "cache")),
         ]
     )  # fmt: skip
     all_results = json.loads((out / "all_results.json").read_text())
