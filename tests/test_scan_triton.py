@@ -313,7 +313,11 @@ def test_long_sequences():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize(
+    ("dtype", "tol"),
+    [(torch.float64, 1e-12), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)],
+    ids=["float64", "float16", "bfloat16"],
+)
 def test_other_dtypes(dtype, tol):
     """float64 is computed in float64; half inputs in float32, with outputs and gradients rounded to their dtype."""
     inputs = {k: v.to(dtype).double() for k, v in scan_inputs(1, 4, 20, 3).items()}  # values representable in dtype
@@ -328,15 +332,20 @@ def test_other_dtypes(dtype, tol):
 
 
 def scan_models_with_triton(monkeypatch):
-    """Route every SS2D of the models through the Triton cross scan (until the dispatch knows the backend)."""
+    """Route every SS2D of the models through the Triton cross scan (until the dispatch knows the backend); returns
+    the list of the grids it scanned."""
     from hf_medmamba import ss2d
 
+    grids = []
+
     def cross_scan(u, delta, A, B, C, D, delta_bias, height, width, backend="auto"):
+        grids.append((height, width))
         return st.cross_selective_scan_triton(
             u, delta, A, B, C, D, delta_bias, direction_table(height, width, u.device)
         )
 
     monkeypatch.setattr(ss2d, "cross_selective_scan", cross_scan)
+    return grids
 
 
 def tiny_models():
@@ -361,11 +370,12 @@ def model_outputs_and_grads(model, images):
 
 
 def assert_model_matches_chunked(monkeypatch, name, size, batch, out_tol, grad_tol):
-    model = tiny_models()[name].to(DEVICE).train()
+    model = tiny_models()[name].to(DEVICE).eval()  # gradients flow in eval mode too; BatchNorm uses its statistics
     images = torch.randn(batch, 3, size, size, device=DEVICE)
     logits, grads = model_outputs_and_grads(model, images)
-    scan_models_with_triton(monkeypatch)
+    grids = scan_models_with_triton(monkeypatch)
     logits_t, grads_t = model_outputs_and_grads(copy.deepcopy(model), images)
+    assert len(grids) >= 4, grids  # every stage scanned by Triton
     assert rel_err(logits_t, logits) <= out_tol
     worst = max(grads, key=lambda k: rel_err(grads_t[k], grads[k]))
     assert rel_err(grads_t[worst], grads[worst]) <= grad_tol, worst
