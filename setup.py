@@ -46,7 +46,7 @@ EXTRAS["dev"] = [
     *EXTRAS["medical"],
     *EXTRAS["export"],
     # Triton's CPU interpreter runs the Triton scan tests. Not the pin above: pip keeps the Triton an installed torch
-    # brought (torch 2.14.1 brings 3.8.0), and a fresh CPU environment gets the newest (3.9.0 checked with torch 2.13.0).
+    # brought (torch 2.14.1 brings 3.8.0); a fresh CPU environment gets the newest (3.9.0 checked with torch 2.13.0).
     "triton>=3.6; platform_system == 'Linux'",
     "pytest>=8",
     "ruff>=0.6",

@@ -34,8 +34,6 @@ backend does) when b·d is too small to fill the GPU.
 (order: mamba_ssm, triton, chunked).
 """
 
-import importlib.util
-
 import torch
 
 from .selective_scan import _check_inputs, _compute_dtype
@@ -43,8 +41,11 @@ from .selective_scan import _check_inputs, _compute_dtype
 
 try:
     import triton
+    import triton.language as tl
     from triton.runtime.driver import driver as _triton_driver
-except ImportError:  # remote code without Triton: the backend reports itself unavailable
+
+    from .scan_triton_kernels import scan_backward_kernel, scan_forward_kernel
+except Exception:  # no Triton (or one too old for the kernels): the backend reports itself unavailable
     triton = None
 
 CHUNK_SIZE = 64
@@ -53,11 +54,11 @@ CHUNK_SIZE = 64
 _MAX_BLOCK_D = 64  # channels per program, at most
 _MIN_GPU_BLOCK_D = 8
 _NAMESPACE = "hf_medmamba"
-_KERNEL_MODULES = {}  # Triton interpreter on/off -> the kernel module jitted for that mode
 
 
 def _interpreting():
-    """Whether Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): kernels then run on CPU tensors, slowly."""
+    """Whether Triton's CPU interpreter is on: kernels then run on CPU tensors, slowly. ``TRITON_INTERPRET=1`` must be
+    set before Triton is imported (Triton's own library functions are jitted for one mode when it imports)."""
     return triton is not None and bool(triton.knobs.runtime.interpret)
 
 
@@ -71,21 +72,6 @@ def triton_available():
         return torch.cuda.is_available() and _triton_driver.active.get_current_target() is not None
     except Exception:  # no GPU driver: Triton raises when it looks for one
         return False
-
-
-def _kernels():
-    """`scan_triton_kernels` jitted for the current mode. ``triton.jit`` picks compiled or interpreted when it
-    decorates, so each mode runs its own copy of the module (GPU tests and interpreter tests can share a process)."""
-    interpret = _interpreting()
-    if interpret not in _KERNEL_MODULES:
-        from .scan_triton_kernels import __file__ as path
-
-        mode = "interpreted" if interpret else "compiled"
-        spec = importlib.util.spec_from_file_location(f"{__name__}_kernels_{mode}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _KERNEL_MODULES[interpret] = module
-    return _KERNEL_MODULES[interpret]
 
 
 def _check_runtime(u):
@@ -110,8 +96,6 @@ class _Launch:
     """
 
     def __init__(self, u, delta, A, B, C, D, delta_bias, z, order, softplus, chunk):
-        if chunk < 1:
-            raise ValueError(f"chunk_size must be at least 1, got {chunk}.")
         self.dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         b, Dk, L = u.shape
         K, R, n, G = 1 if order is None else order.shape[0], delta.shape[1], A.shape[1], B.shape[1]
@@ -122,16 +106,12 @@ class _Launch:
             while block > _MIN_GPU_BLOCK_D and b * R // block < target:
                 block //= 2
         self.b, self.K, self.Dk, self.R, self.L, self.n, self.G, self.dg = b, K, Dk, R, L, n, G, dg
-        self.block, self.nblk, self.chunk = block, Dk // block, chunk
-        self.grid = (b * K * (Dk // block),)
-        kernels = _kernels()
-        self.kernels = kernels
+        self.block, self.grid = block, (b * K * (Dk // block),)
         D, delta_bias = (None if t is None else t.contiguous() for t in (D, delta_bias))
         z_strides = (0, 0, 0) if z is None else z.stride()
         self.inputs = (u, delta, A, B, C, D, delta_bias, z, None if order is None else order.contiguous())
         self.sizes = (L, Dk, dg, n, Dk // block, K, chunk)
         self.strides = (*u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_strides)
-        tl = kernels.tl
         self.meta = {
             "SOFTPLUS": bool(softplus),
             "COMPUTE": tl.float64 if self.dtype == torch.float64 else tl.float32,
@@ -179,7 +159,7 @@ def _scan_forward(
     else:  # the directions add into one output
         y = buffer = u.new_zeros((b, Dk, L), dtype=run.dtype)
         y_strides = (Dk * L, 0, L, 1)
-    run.kernels.scan_forward_kernel[run.grid](
+    scan_forward_kernel[run.grid](
         *run.inputs,
         buffer,
         last if return_last else None,
@@ -240,7 +220,7 @@ def _scan_backward(
     dD, dbias = (u.new_empty((b, R) if t is not None else (0,), dtype=dtype) for t in (D, delta_bias))
     dz = u.new_empty((b, Dk, L) if z is not None else (0,), dtype=dtype)
     scratch = u.new_empty((run.grid[0] * chunk * run.block * run.meta["BLOCK_N"],), dtype=dtype)
-    run.kernels.scan_backward_kernel[run.grid](
+    scan_backward_kernel[run.grid](
         *run.inputs,
         checkpoints,
         dy,
@@ -342,7 +322,10 @@ if _defined:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _needs_checkpoints(*tensors):
+def _needs_checkpoints(chunk_size, *tensors):
+    """Whether the forward must keep checkpoints for a backward (and a check of ``chunk_size``)."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer of at least 1, got {chunk_size!r}.")
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -361,7 +344,7 @@ def selective_scan_triton(
 ):
     """The selective scan (signature and semantics of `selective_scan.selective_scan`) on the Triton kernels."""
     B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    save = _needs_checkpoints(u, delta, A, B, C, D, z, delta_bias)
+    save = _needs_checkpoints(chunk_size, u, delta, A, B, C, D, z, delta_bias)
     y, last, _ = scan_forward_op(
         u, delta, A, B, C, D, delta_bias, z, None, bool(delta_softplus), bool(return_last_state), save, chunk_size
     )
@@ -393,6 +376,6 @@ def cross_selective_scan_triton(u, delta, A, B, C, D, delta_bias, order, chunk_s
         raise ValueError(
             f"cross scan: order must be an int32 or int64 tensor on {u.device}, got {order.dtype} on {order.device}."
         )
-    save = _needs_checkpoints(u, delta, A, B, C, D, delta_bias)
+    save = _needs_checkpoints(chunk_size, u, delta, A, B, C, D, delta_bias)
     y, _, _ = scan_forward_op(u, delta, A, B, C, D, delta_bias, None, order, True, False, save, chunk_size)
     return y

@@ -159,7 +159,7 @@ def test_cross_scan_matches_reference(height, width, chunk_size, deterministic):
 
 
 def tiny_calls():
-    """A plain scan with every option and a 2 x 3 cross scan, as (function, args) for the op-level checks."""
+    """Inputs of a plain scan with every option and of a 2 x 3 cross scan, and the direction table of the latter."""
     plain = leaves(scan_inputs(1, 2, 3, 2))
     cross = leaves(scan_inputs(1, 2, 6, 2, cross=True))
     del cross["z"]
@@ -228,7 +228,7 @@ def test_ops_are_defined_once_and_a_different_schema_is_refused():
         ({"order": torch.zeros(4, 5, dtype=torch.int64)}, "with 4 directions"),
         ({"u": torch.zeros(1, 3, 6)}, "with 4 directions"),
         ({"B": torch.zeros(1, 4, 3, 6)}, "B must have shape"),
-        ({"chunk_size": 0}, "chunk_size must be at least 1"),
+        ({"chunk_size": 0}, "chunk_size must be an integer of at least 1"),
     ],
 )
 def test_cross_scan_bad_inputs_raise(change, message):
@@ -392,10 +392,6 @@ def test_tiny_models_match_the_chunked_backend(monkeypatch, name):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def cuda_leaves(inputs, dtype=torch.float32):
-    return leaves(inputs, dtype, "cuda")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["chunked", "mamba_ssm"])
 def test_gpu_matches_other_backends(backend):
@@ -407,7 +403,7 @@ def test_gpu_matches_other_backends(backend):
     H = W = 28
     inputs = scan_inputs(2, 192, H * W, 16, cross=True)
     del inputs["z"]
-    ours, theirs = cuda_leaves(inputs), cuda_leaves(inputs)
+    ours, theirs = leaves(inputs, device="cuda"), leaves(inputs, device="cuda")
     y = st.cross_selective_scan_triton(**ours, order=direction_table(H, W, "cuda"))
     expected = cross_selective_scan(**theirs, height=H, width=W, backend=backend)
     assert rel_err(y, expected) <= 1e-4
@@ -417,7 +413,7 @@ def test_gpu_matches_other_backends(backend):
     for name in inputs:
         assert rel_err(ours[name].grad, theirs[name].grad) <= 1e-3, name
     plain = scan_inputs(2, 256, 1000, 16, g=4)
-    ours, theirs = cuda_leaves(plain), cuda_leaves(plain)
+    ours, theirs = leaves(plain, device="cuda"), leaves(plain, device="cuda")
     y = st.selective_scan_triton(**ours, delta_softplus=True)
     expected = ss.selective_scan(**theirs, delta_softplus=True, backend=backend)
     assert rel_err(y, expected) <= 1e-4
@@ -434,7 +430,7 @@ def test_gpu_deterministic_mode_is_bitwise_reproducible():
     runs = []
     with deterministic_algorithms():
         for _ in range(2):
-            ours = cuda_leaves(inputs)
+            ours = leaves(inputs, device="cuda")
             y = st.cross_selective_scan_triton(**ours, order=direction_table(32, 32, "cuda"))
             y.square().sum().backward()
             runs.append([y.detach(), *(t.grad for t in ours.values())])
@@ -445,7 +441,7 @@ def test_gpu_deterministic_mode_is_bitwise_reproducible():
 @pytest.mark.gpu
 def test_gpu_bf16_inputs():
     inputs = {k: v.bfloat16().double() for k, v in scan_inputs(4, 384, 2048, 16, g=4).items()}
-    ours, ref = cuda_leaves(inputs, torch.bfloat16), cuda_leaves(inputs, torch.float32)
+    ours, ref = leaves(inputs, torch.bfloat16, "cuda"), leaves(inputs, device="cuda")
     y = st.selective_scan_triton(**ours, delta_softplus=True)
     expected = st.selective_scan_triton(**ref, delta_softplus=True)  # the same values in float32
     assert y.dtype == torch.bfloat16 and rel_err(y, expected) <= 1e-2
