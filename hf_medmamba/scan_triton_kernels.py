@@ -1,8 +1,7 @@
 """The Triton kernels of the ``"triton"`` scan backend: the forward and backward recurrences (see `scan_triton`).
 
-``triton.jit`` decides when it decorates a function whether it will run compiled on the GPU or in Triton's CPU
-interpreter (``TRITON_INTERPRET=1``), so `scan_triton` executes one copy of this module per mode. It is imported only
-once Triton has imported.
+Imported by `scan_triton` inside its guarded Triton import. Whether the kernels run compiled on a GPU or in Triton's
+CPU interpreter is fixed when Triton imports (``TRITON_INTERPRET=1``).
 
 One program owns one batch element, one direction ``k`` of ``K`` and a block of ``BLOCK_D`` channels of that direction,
 which all read the same B/C group. Channel ``c`` of direction ``k`` reads ``u`` row ``c`` and row ``r = k * Dk + c`` of
@@ -13,10 +12,10 @@ the caller sums: the strides passed in make both the same code. None-valued poin
 time.
 """
 
-try:
+try:  # inside try: transformers' remote-code check then does not list Triton as a requirement
     import triton
     import triton.language as tl
-except ImportError as err:  # `scan_triton` imports this module only once Triton has imported
+except ImportError as err:
     raise ImportError("hf_medmamba.scan_triton_kernels needs Triton (pip install triton)") from err
 
 
