@@ -36,6 +36,7 @@ backend does) when b·d is too small to fill the GPU.
 
 import torch
 
+from .scan_triton_kernels import scan_backward_kernel, scan_forward_kernel
 from .selective_scan import _check_inputs, _compute_dtype
 
 
@@ -43,9 +44,7 @@ try:
     import triton
     import triton.language as tl
     from triton.runtime.driver import driver as _triton_driver
-
-    from .scan_triton_kernels import scan_backward_kernel, scan_forward_kernel
-except Exception:  # no Triton (or one too old for the kernels): the backend reports itself unavailable
+except Exception:  # no Triton (remote code runs without it), or one that fails to import: the backend is unavailable
     triton = None
 
 CHUNK_SIZE = 64
@@ -129,50 +128,40 @@ def _state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkp
     return last, ckpt
 
 
-def _scan_forward(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    z: torch.Tensor | None,
-    order: torch.Tensor | None,
-    softplus: bool,
-    return_last: bool,
-    save_checkpoints: bool,
-    chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y, the last state and the chunk checkpoints. Without ``order``: the plain scan, y (b, d, L) in u's dtype.
-    With ``order`` (K, L): K directions over a shared u (b, Dk, L), y (b, Dk, L) summed over them, compute dtype."""
-    _check_runtime(u)
-    run = _Launch(u, delta, A, B, C, D, delta_bias, z, order, softplus, chunk)
-    last, ckpt = _state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkpoints, chunk)
-    b, K, Dk, L = run.b, run.K, run.Dk, run.L
-    if K == 1:
-        y = buffer = u.new_empty((b, Dk, L))
-        y_strides = (Dk * L, 0, L, 1)
-    elif torch.are_deterministic_algorithms_enabled():  # one slice per direction, summed below
-        buffer = u.new_empty((b, K, Dk, L), dtype=run.dtype)
-        y_strides = buffer.stride()
-    else:  # the directions add into one output
-        y = buffer = u.new_zeros((b, Dk, L), dtype=run.dtype)
-        y_strides = (Dk * L, 0, L, 1)
-    scan_forward_kernel[run.grid](
-        *run.inputs,
-        buffer,
-        last if return_last else None,
-        ckpt if save_checkpoints else None,
-        *run.sizes,
-        *run.strides,
-        *y_strides,
-        ATOMIC_Y=K > 1 and buffer.dim() == 3,
-        **run.meta,
-    )
-    if buffer.dim() == 4:
-        y = buffer.sum(1)
-    return y, last, ckpt
+# ----------------------------------------------------------------------------------------------------------------------
+# The ops (defined once per process) and their implementations
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _custom_op(name, fake, autograd=None):
+    """Decorator: ``hf_medmamba::name`` defined from the function (schema from its annotations) with its fake (meta)
+    implementation and, optionally, its autograd formula ``(backward, setup_context)``; returns the op.
+
+    The installed package and a model's remote-code copy of this file can both load in one process: the first defines
+    the op and the second reuses it when the schema is the same, and refuses a different one.
+    """
+    qualname = f"{_NAMESPACE}::{name}"
+
+    def define(fn):
+        namespace = getattr(torch.ops, _NAMESPACE)
+        wanted = str(torch._C.parse_schema(qualname + torch.library.infer_schema(fn, mutates_args=())))
+        if hasattr(namespace, name):
+            existing = getattr(namespace, name).default
+            if str(existing._schema) != wanted:
+                raise RuntimeError(
+                    f"The operator {qualname} is already defined as\n  {existing._schema}\nbut this copy of "
+                    f"hf_medmamba ({__name__}) needs\n  {wanted}\nTwo different versions of hf_medmamba are loaded in "
+                    "one process (the installed package and a model's remote code?). Install the version the model "
+                    "was saved with, or re-save the model with the installed one."
+                )
+            return existing
+        op = torch.library.custom_op(qualname, fn, mutates_args=())
+        op.register_fake(fake)
+        if autograd is not None:
+            op.register_autograd(autograd[0], setup_context=autograd[1])
+        return getattr(namespace, name).default
+
+    return define
 
 
 def _scan_forward_fake(u, delta, A, B, C, D, delta_bias, z, order, softplus, return_last, save_checkpoints, chunk):
@@ -181,7 +170,32 @@ def _scan_forward_fake(u, delta, A, B, C, D, delta_bias, z, order, softplus, ret
     return (y, *_state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkpoints, chunk))
 
 
-def _scan_backward(
+def _scan_backward_fake(u, delta, A, B, C, D, delta_bias, z, order, checkpoints, dy, dlast, softplus, chunk):
+    empty = u.new_empty((0,), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
+    grads = [u.new_empty(t.shape, dtype=t.dtype) for t in (u, delta, A, B, C)]
+    return [*grads, *(empty if t is None else t.new_empty(t.shape) for t in (D, delta_bias, z))]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, z, order, softplus, return_last, _, chunk = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, z, order, output[2])
+    ctx.softplus, ctx.return_last, ctx.chunk = softplus, return_last, chunk
+
+
+def _backward(ctx, dy, dlast, _):
+    u, delta, A, B, C, D, delta_bias, z, order, checkpoints = ctx.saved_tensors
+    if checkpoints.numel() == 0:
+        raise RuntimeError("triton scan: the forward ran without saving checkpoints (save_checkpoints=False).")
+    dlast = dlast if ctx.return_last else None
+    grads = scan_backward_op(
+        u, delta, A, B, C, D, delta_bias, z, order, checkpoints, dy, dlast, ctx.softplus, ctx.chunk
+    )
+    optional = [g if t is not None else None for g, t in zip(grads[5:], (D, delta_bias, z))]
+    return (*grads[:5], *optional, None, None, None, None, None)
+
+
+@_custom_op("triton_scan_backward", fake=_scan_backward_fake)
+def scan_backward_op(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -197,7 +211,7 @@ def _scan_backward(
     softplus: bool,
     chunk: int,
 ) -> list[torch.Tensor]:
-    """Gradients of u, delta, A, B, C, D, delta_bias and z (empty for an absent input) of `_scan_forward`."""
+    """Gradients of u, delta, A, B, C, D, delta_bias and z (empty for an absent input) of `scan_forward_op`."""
     _check_runtime(u)
     run = _Launch(u, delta, A, B, C, D, delta_bias, z, order, softplus, chunk)
     b, K, Dk, R, L, n, G = run.b, run.K, run.Dk, run.R, run.L, run.n, run.G
@@ -259,62 +273,51 @@ def _scan_backward(
     ]
 
 
-def _scan_backward_fake(u, delta, A, B, C, D, delta_bias, z, order, checkpoints, dy, dlast, softplus, chunk):
-    empty = u.new_empty((0,), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
-    grads = [u.new_empty(t.shape, dtype=t.dtype) for t in (u, delta, A, B, C)]
-    return [*grads, *(empty if t is None else t.new_empty(t.shape) for t in (D, delta_bias, z))]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The ops, defined once per process
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _define_op(name, fn, fake):
-    """``hf_medmamba::name`` as a custom op, or the existing op of that name when its schema is the same.
-
-    The installed package and a model's remote-code copy of this file can both load in one process: the first defines
-    the op and the second reuses it. Returns (op, defined here).
-    """
-    qualname = f"{_NAMESPACE}::{name}"
-    wanted = str(torch._C.parse_schema(qualname + torch.library.infer_schema(fn, mutates_args=())))
-    if hasattr(getattr(torch.ops, _NAMESPACE), name):
-        existing = getattr(getattr(torch.ops, _NAMESPACE), name).default
-        if str(existing._schema) != wanted:
-            raise RuntimeError(
-                f"The operator {qualname} is already defined as\n  {existing._schema}\nbut this copy of hf_medmamba "
-                f"({__name__}) needs\n  {wanted}\nTwo different versions of hf_medmamba are loaded in one process "
-                "(the installed package and a model's remote code?). Install the version the model was saved with, "
-                "or re-save the model with the installed one."
-            )
-        return existing, False
-    op = torch.library.custom_op(qualname, fn, mutates_args=())
-    op.register_fake(fake)
-    return getattr(getattr(torch.ops, _NAMESPACE), name).default, True
-
-
-def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, z, order, softplus, return_last, _, chunk = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, z, order, output[2])
-    ctx.softplus, ctx.return_last, ctx.chunk = softplus, return_last, chunk
-
-
-def _backward(ctx, dy, dlast, _):
-    u, delta, A, B, C, D, delta_bias, z, order, checkpoints = ctx.saved_tensors
-    if checkpoints.numel() == 0:
-        raise RuntimeError("triton scan: the forward ran without saving checkpoints (save_checkpoints=False).")
-    dlast = dlast if ctx.return_last else None
-    grads = scan_backward_op(
-        u, delta, A, B, C, D, delta_bias, z, order, checkpoints, dy, dlast, ctx.softplus, ctx.chunk
+@_custom_op("triton_scan_forward", fake=_scan_forward_fake, autograd=(_backward, _setup_context))
+def scan_forward_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    order: torch.Tensor | None,
+    softplus: bool,
+    return_last: bool,
+    save_checkpoints: bool,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y, the last state and the chunk checkpoints. Without ``order``: the plain scan, y (b, d, L) in u's dtype.
+    With ``order`` (K, L): K directions over a shared u (b, Dk, L), y (b, Dk, L) summed over them, compute dtype."""
+    _check_runtime(u)
+    run = _Launch(u, delta, A, B, C, D, delta_bias, z, order, softplus, chunk)
+    last, ckpt = _state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkpoints, chunk)
+    b, K, Dk, L = run.b, run.K, run.Dk, run.L
+    if K == 1:
+        y = buffer = u.new_empty((b, Dk, L))
+        y_strides = (Dk * L, 0, L, 1)
+    elif torch.are_deterministic_algorithms_enabled():  # one slice per direction, summed below
+        buffer = u.new_empty((b, K, Dk, L), dtype=run.dtype)
+        y_strides = buffer.stride()
+    else:  # the directions add into one output
+        y = buffer = u.new_zeros((b, Dk, L), dtype=run.dtype)
+        y_strides = (Dk * L, 0, L, 1)
+    scan_forward_kernel[run.grid](
+        *run.inputs,
+        buffer,
+        last if return_last else None,
+        ckpt if save_checkpoints else None,
+        *run.sizes,
+        *run.strides,
+        *y_strides,
+        ATOMIC_Y=K > 1 and buffer.dim() == 3,
+        **run.meta,
     )
-    optional = [g if t is not None else None for g, t in zip(grads[5:], (D, delta_bias, z))]
-    return (*grads[:5], *optional, None, None, None, None, None)
-
-
-scan_forward_op, _defined = _define_op("triton_scan_forward", _scan_forward, _scan_forward_fake)
-scan_backward_op, _ = _define_op("triton_scan_backward", _scan_backward, _scan_backward_fake)
-if _defined:
-    torch.library.register_autograd(f"{_NAMESPACE}::triton_scan_forward", _backward, setup_context=_setup_context)
+    if buffer.dim() == 4:
+        y = buffer.sum(1)
+    return y, last, ckpt
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The Triton kernels of the ``"triton"`` scan backend: the forward and backward recurrences (see `scan_triton`).
 
-Imported by `scan_triton` inside its guarded Triton import. Whether the kernels run compiled on a GPU or in Triton's
-CPU interpreter is fixed when Triton imports (``TRITON_INTERPRET=1``).
+The module imports without Triton (remote code must): the kernels are then plain functions that nothing launches, and
+their ``tl.constexpr`` annotations stay strings, which Triton reads as well. Whether the kernels run compiled on a GPU
+or in Triton's CPU interpreter is fixed when Triton imports (``TRITON_INTERPRET=1``).
 
 One program owns one batch element, one direction ``k`` of ``K`` and a block of ``BLOCK_D`` channels of that direction,
 which all read the same B/C group. Channel ``c`` of direction ``k`` reads ``u`` row ``c`` and row ``r = k * Dk + c`` of
@@ -12,20 +13,26 @@ the caller sums: the strides passed in make both the same code. None-valued poin
 time.
 """
 
+from __future__ import annotations
+
+
 try:  # inside try: transformers' remote-code check then does not list Triton as a requirement
-    import triton
     import triton.language as tl
-except ImportError as err:
-    raise ImportError("hf_medmamba.scan_triton_kernels needs Triton (pip install triton)") from err
+    from triton import jit
+except Exception:  # no Triton, or one that fails to import: `scan_triton` reports the backend unavailable
+    tl = None
+
+    def jit(fn):
+        return fn
 
 
-@triton.jit
+@jit
 def _sigmoid(x):
     e = tl.exp(-tl.abs(x))
     return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-@triton.jit
+@jit
 def _softplus(x):
     """log(1 + e^x) to a few ulp (Goldberg's log1p), and x itself above 20 as in mamba-ssm."""
     e = tl.exp(tl.minimum(x, 20.0))
@@ -34,7 +41,7 @@ def _softplus(x):
     return tl.where(x > 20.0, x, tl.where(tiny, e, tl.log(e1) * (e / tl.where(tiny, 1.0, e1 - 1.0))))
 
 
-@triton.jit
+@jit
 def _program(K, Dk, dg, nblk, BLOCK_D: tl.constexpr):
     """Batch b, direction k, channels c and parameter rows r of this program, its B/C group and block in the group."""
     pid = tl.program_id(0)
@@ -46,7 +53,7 @@ def _program(K, Dk, dg, nblk, BLOCK_D: tl.constexpr):
     return b, k, c, k * Dk + c, first // dg, first % dg // BLOCK_D
 
 
-@triton.jit
+@jit
 def _parameters(A_ptr, D_ptr, bias_ptr, r, s, s_mask, sA_r, sA_n, COMPUTE: tl.constexpr, BLOCK_D: tl.constexpr):
     """A (BLOCK_D, BLOCK_N) with zeros in the padding lanes, D and delta_bias (zeros when absent)."""
     A = tl.load(A_ptr + r[:, None] * sA_r + s[None, :] * sA_n, mask=s_mask[None, :], other=0.0).to(COMPUTE)
@@ -59,7 +66,7 @@ def _parameters(A_ptr, D_ptr, bias_ptr, r, s, s_mask, sA_r, sA_n, COMPUTE: tl.co
     return A, Dv, bias
 
 
-@triton.jit
+@jit
 def _step(order_ptr, k, L, t, u_row, d_row, B_row, bias, su_l, sd_l, sB_l, s_mask,
           SOFTPLUS: tl.constexpr, COMPUTE: tl.constexpr):  # fmt: skip
     """Position p of step t and the inputs there: u, delta + bias, the step size dt and B."""
@@ -75,7 +82,7 @@ def _step(order_ptr, k, L, t, u_row, d_row, B_row, bias, su_l, sd_l, sB_l, s_mas
     return p, uu, x, dt, Bt
 
 
-@triton.jit
+@jit
 def scan_forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, order_ptr,
     y_ptr, last_ptr, ckpt_ptr,
@@ -120,7 +127,7 @@ def scan_forward_kernel(
         tl.store(last_ptr + rows[:, None] * n + s[None, :], h, mask=s_mask[None, :])
 
 
-@triton.jit
+@jit
 def scan_backward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, order_ptr,
     ckpt_ptr, dy_ptr, dlast_ptr, scratch_ptr,

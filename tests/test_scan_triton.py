@@ -30,6 +30,7 @@ except ImportError as err:
     )
 
 from hf_medmamba import scan_triton as st
+from hf_medmamba.hub import scan_remote_code
 from hf_medmamba.selective_scan import cross_selective_scan, selective_scan_reference
 
 
@@ -209,15 +210,12 @@ def test_ops_pass_opcheck():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_ops_are_defined_once_and_a_different_schema_is_refused():
-    op, defined = st._define_op("triton_scan_forward", st._scan_forward, st._scan_forward_fake)
-    assert op is st.scan_forward_op and not defined  # a second copy of the module reuses the op
-
+def test_an_op_with_another_schema_is_refused():
     def other_version(u: torch.Tensor, chunk: int) -> torch.Tensor:
         return u
 
     with pytest.raises(RuntimeError, match=r"already defined as(.|\n)*Two different versions of hf_medmamba"):
-        st._define_op("triton_scan_forward", other_version, other_version)
+        st._custom_op("triton_scan_forward", fake=other_version)(other_version)
 
 
 @pytest.mark.parametrize(
@@ -239,9 +237,24 @@ def test_cross_scan_bad_inputs_raise(change, message):
         st.cross_selective_scan_triton(**kwargs)
 
 
-def test_without_triton_or_without_a_gpu():
-    """Remote code imports without Triton and says it is unavailable; with Triton but no GPU (and no interpreter),
-    triton_available() is False and a call names the problem and the fix."""
+def remote_code_copy(folder):
+    """The backend's files as a saved folder holds them: flat siblings."""
+    folder.mkdir()
+    for name in ("scan_triton.py", "scan_triton_kernels.py", "selective_scan.py"):
+        (folder / name).write_text((REPO / "hf_medmamba" / name).read_text())
+    return folder
+
+
+def test_remote_code_copy_passes_the_hub_scan(tmp_path):
+    report = scan_remote_code(remote_code_copy(tmp_path / "copy"), strict_files=False)
+    assert report.ok, report.format()
+
+
+def test_without_triton_or_without_a_gpu(tmp_path):
+    """Without Triton the module imports and says the backend is unavailable; with Triton but no GPU (and no
+    interpreter) too. A second copy of the module (the installed package beside a model's remote code) reuses the ops.
+    """
+    (remote_code_copy(tmp_path / "remote_copy") / "__init__.py").write_text("")  # a package, as transformers makes
     code = textwrap.dedent(
         """
         import importlib
@@ -251,19 +264,24 @@ def test_without_triton_or_without_a_gpu():
         from hf_medmamba import scan_triton
         assert scan_triton.triton is None and not scan_triton.triton_available()
         u = torch.zeros(1, 2, 3)
+        args = (u, u, torch.zeros(2, 1), torch.zeros(1, 1, 3), torch.zeros(1, 1, 3))
         try:
-            scan_triton.selective_scan_triton(u, u, torch.zeros(2, 1), torch.zeros(1, 1, 3), torch.zeros(1, 1, 3))
+            scan_triton.selective_scan_triton(*args)
         except RuntimeError as err:
             assert "needs Triton, which does not import" in str(err), err
         else:
             raise AssertionError("no error without Triton")
+        op = scan_triton.scan_forward_op
         del sys.modules["triton"]
-        importlib.reload(scan_triton)  # again, with Triton: the ops are reused
-        assert scan_triton.triton is not None
+        importlib.reload(scan_triton)  # again, with Triton
+        assert scan_triton.triton is not None and scan_triton.scan_forward_op is op
+        from remote_copy import scan_triton as copy
+        assert copy is not scan_triton and copy.scan_forward_op is op
+        assert copy.scan_backward_op is scan_triton.scan_backward_op
         if not torch.cuda.is_available():
             assert not scan_triton.triton_available()
             try:
-                scan_triton.selective_scan_triton(u, u, torch.zeros(2, 1), torch.zeros(1, 1, 3), torch.zeros(1, 1, 3))
+                copy.selective_scan_triton(*args)
             except RuntimeError as err:
                 assert "runs on CUDA or ROCm GPUs, but the tensors are on cpu" in str(err), err
             else:
@@ -272,7 +290,7 @@ def test_without_triton_or_without_a_gpu():
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
@@ -385,91 +403,3 @@ def assert_model_matches_chunked(monkeypatch, name, size, batch, out_tol, grad_t
 @pytest.mark.parametrize("name", ["medmamba", "vmunet"])
 def test_tiny_models_match_the_chunked_backend(monkeypatch, name):
     assert_model_matches_chunked(monkeypatch, name, size=32, batch=1, out_tol=1e-5, grad_tol=1e-4)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# GPU: real kernels at real sizes (skipped without CUDA by tests/conftest.py)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["chunked", "mamba_ssm"])
-def test_gpu_matches_other_backends(backend):
-    """MedMamba-T stage-2 sizes (E = 192, 28 x 28, n = 16, batch 2): cross and plain scans, fp32, with gradients."""
-    from hf_medmamba import selective_scan as ss
-
-    if backend == "mamba_ssm" and ss._mamba_ssm_kernel() is None:
-        pytest.skip("mamba-ssm is not installed here: nothing to compare with")
-    H = W = 28
-    inputs = scan_inputs(2, 192, H * W, 16, cross=True)
-    del inputs["z"]
-    ours, theirs = leaves(inputs, device="cuda"), leaves(inputs, device="cuda")
-    y = st.cross_selective_scan_triton(**ours, order=direction_table(H, W, "cuda"))
-    expected = cross_selective_scan(**theirs, height=H, width=W, backend=backend)
-    assert rel_err(y, expected) <= 1e-4
-    weight = torch.randn_like(y)
-    (y * weight).sum().backward()
-    (expected * weight).sum().backward()
-    for name in inputs:
-        assert rel_err(ours[name].grad, theirs[name].grad) <= 1e-3, name
-    plain = scan_inputs(2, 256, 1000, 16, g=4)
-    ours, theirs = leaves(plain, device="cuda"), leaves(plain, device="cuda")
-    y = st.selective_scan_triton(**ours, delta_softplus=True)
-    expected = ss.selective_scan(**theirs, delta_softplus=True, backend=backend)
-    assert rel_err(y, expected) <= 1e-4
-    y.square().sum().backward()
-    expected.square().sum().backward()
-    for name in plain:
-        assert rel_err(ours[name].grad, theirs[name].grad) <= 1e-3, name
-
-
-@pytest.mark.gpu
-def test_gpu_deterministic_mode_is_bitwise_reproducible():
-    inputs = scan_inputs(2, 64, 32 * 32, 16, cross=True)
-    del inputs["z"]
-    runs = []
-    with deterministic_algorithms():
-        for _ in range(2):
-            ours = leaves(inputs, device="cuda")
-            y = st.cross_selective_scan_triton(**ours, order=direction_table(32, 32, "cuda"))
-            y.square().sum().backward()
-            runs.append([y.detach(), *(t.grad for t in ours.values())])
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.gpu
-def test_gpu_bf16_inputs():
-    inputs = {k: v.bfloat16().double() for k, v in scan_inputs(4, 384, 2048, 16, g=4).items()}
-    ours, ref = leaves(inputs, torch.bfloat16, "cuda"), leaves(inputs, device="cuda")
-    y = st.selective_scan_triton(**ours, delta_softplus=True)
-    expected = st.selective_scan_triton(**ref, delta_softplus=True)  # the same values in float32
-    assert y.dtype == torch.bfloat16 and rel_err(y, expected) <= 1e-2
-    y.float().square().sum().backward()
-    expected.square().sum().backward()
-    for name in inputs:
-        assert rel_err(ours[name].grad, ref[name].grad) <= 2e-2, name
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", ["medmamba", "vmunet"])
-def test_gpu_models_match_the_chunked_backend(monkeypatch, name):
-    """Whole models at 224 / 256 px, batch 4: fp32, then a bf16-autocast training step."""
-    assert_model_matches_chunked(monkeypatch, name, size=224 if name == "medmamba" else 256, batch=4, out_tol=1e-4,
-                                 grad_tol=1e-3)  # fmt: skip
-    model = tiny_models()[name].cuda().train()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(pixel_values=torch.randn(4, 3, 256, 256, device="cuda")).logits
-    logits.float().mean().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-@pytest.mark.gpu
-def test_gpu_inductor_compiles_a_model_with_the_op(monkeypatch):
-    scan_models_with_triton(monkeypatch)
-    model = tiny_models()["vmunet"].cuda().eval()
-    images = torch.randn(2, 3, 64, 64, device="cuda")
-    with torch.no_grad():
-        eager = model(pixel_values=images).logits
-        compiled = torch.compile(model, fullgraph=False)(pixel_values=images).logits
-    assert rel_err(compiled, eager) <= 1e-4
