@@ -24,14 +24,18 @@ Design (kernels in `scan_triton_kernels`):
   so they vary in the last bits from run to run, unless ``torch.use_deterministic_algorithms(True)`` is set, which
   makes them write per-direction / per-block partial buffers and sum them (more memory, bit-reproducible).
 - The forward and backward are two ops in the ``hf_medmamba`` namespace (`torch.library.custom_op`) with fake
-  implementations and an autograd registration, so `torch.compile` traces a call without a graph break.
+  implementations and an autograd registration, so `torch.compile` traces a call without a graph break. A second copy
+  of this file in the process (a model's remote code beside the installed package) reuses them (`_custom_op`).
+- ``TRITON_INTERPRET=1``, set before Triton is imported, runs the kernels on CPU tensors in Triton's interpreter
+  (slowly: milliseconds per step and program); the tests use it where there is no GPU.
 
 Performance ideas left for a GPU session: software-pipelining the per-step loads (``tl.range(num_stages=...)``), and a
 second level over chunks (scan the chunks in parallel from zero, carry the states across chunks, as the chunked
 backend does) when b·d is too small to fill the GPU.
 
-``auto`` should pick this backend for CUDA/ROCm tensors when mamba-ssm does not import and `triton_available` is True
-(order: mamba_ssm, triton, chunked).
+Entry points: `selective_scan_triton` (the signature of the other backends) and `cross_selective_scan_triton`. The
+rule for ``"auto"``: on CUDA/ROCm tensors, mamba_ssm when it imports, else triton when `triton_available()`, else
+chunked.
 """
 
 import torch
