@@ -36,6 +36,10 @@ EXTRAS = {
     # medical file formats for the prediction CLI: DICOM and NIfTI
     "medical": ["pydicom>=2.4", "nibabel>=5.0"],
     "cuda": ["mamba-ssm>=1.0.1"],
+    # the Triton scan backend (scan_triton.py). Linux CUDA and ROCm builds of torch already bring Triton; this pins the
+    # version that the tested torch 2.13.0's CUDA wheel requires (Requires-Dist: triton==3.7.1). With another torch,
+    # keep the Triton that torch brought and skip this extra: pip would otherwise move torch to match the pin.
+    "triton": ["triton==3.7.1; platform_system == 'Linux'"],
     # deployment: ONNX export (dynamo exporter) and its verification with onnxruntime
     "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
 }
@@ -43,6 +47,9 @@ EXTRAS["dev"] = [
     *EXTRAS["train"],
     *EXTRAS["medical"],
     *EXTRAS["export"],
+    # Triton's CPU interpreter runs the Triton scan tests. Not the pin above: pip keeps the Triton an installed torch
+    # brought (torch 2.14.1 brings 3.8.0); a fresh CPU environment gets the newest (3.9.0 checked with torch 2.13.0).
+    "triton>=3.6; platform_system == 'Linux'",
     "pytest>=8",
     "ruff>=0.6",
     "build>=1.2",

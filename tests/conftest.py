@@ -11,6 +11,11 @@ import torch
 from hypothesis import settings
 
 
+# The Triton scan tests run in Triton's CPU interpreter where there is no GPU. Triton reads this switch when it is
+# imported (by hf_medmamba or by torch), so it is set here, before any test module imports either.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Property-based tests: a CI-friendly number of examples by default, many more with HYPOTHESIS_PROFILE=slow.
 settings.register_profile("ci", max_examples=20, deadline=None)
 settings.register_profile("slow", max_examples=400, deadline=None)
