@@ -27,7 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import parse_bench_args, write_section
 
-from hf_medmamba import MedMambaConfig, MedMambaForImageClassification, VMUNetConfig, VMUNetForSegmentation, ss2d
+from hf_medmamba import (
+    MedMambaConfig,
+    MedMambaForImageClassification,
+    VMUNetConfig,
+    VMUNetForSegmentation,
+    scan_kernels,
+)
 from hf_medmamba import scan_triton as st
 from hf_medmamba import selective_scan as ss
 
@@ -60,31 +66,15 @@ def backend_status():
     checks = {
         "chunked": (True, ""),
         "triton": (st.triton_available(), "Triton does not import or finds no GPU driver"),
-        "mamba_ssm": (ss._mamba_ssm_kernel() is not None, "mamba_ssm does not import"),
+        "mamba_ssm": (scan_kernels.mamba_ssm_kernel() is not None, "mamba_ssm does not import"),
     }
     return {
         name: (cuda and ok, "present" if cuda and ok else why or "no CUDA GPU") for name, (ok, why) in checks.items()
     }
 
 
-def direction_table(height, width, device):
-    """order[k, t]: the pixel that SS2D's direction k visits at step t (row-major, column-major, both reversed)."""
-    pixels = torch.arange(height * width, device=device)
-    column_major = pixels.view(height, width).t().reshape(-1)
-    return torch.stack([pixels, column_major, pixels.flip(0), column_major.flip(0)])
-
-
 def cross_scan(backend, height, width):
-    """`cross_selective_scan` on ``backend`` (the Triton scan directly while the dispatch does not list it)."""
-    if backend == "triton" and "triton" not in ss.SCAN_BACKENDS:
-        order = {}
-
-        def run(u, delta, A, B, C, D, delta_bias, height=height, width=width, backend=None):
-            if (height, width) not in order:
-                order[height, width] = direction_table(height, width, u.device)
-            return st.cross_selective_scan_triton(u, delta, A, B, C, D, delta_bias, order[height, width])
-
-        return run
+    """`cross_selective_scan` on ``backend``."""
     return lambda *args, **kwargs: ss.cross_selective_scan(*args, **{**kwargs, "backend": backend})
 
 
@@ -170,15 +160,7 @@ def build(name):
 @contextmanager
 def model_scan_backend(model, backend):
     """Run the model's SS2D scans on ``backend``."""
-    if backend == "triton" and "triton" not in ss.SCAN_BACKENDS:
-        original = ss2d.cross_selective_scan
-        ss2d.cross_selective_scan = cross_scan("triton", None, None)
-        try:
-            yield
-        finally:
-            ss2d.cross_selective_scan = original
-    else:
-        model.set_scan_backend(backend)
+    with model.scan_backend_context(backend):
         yield
 
 

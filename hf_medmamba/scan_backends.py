@@ -1,7 +1,7 @@
 """Names of the selective-scan backends and the settings that steer ``"auto"``: plain constants, no torch import, so
 that reading a ``config.json`` never imports the scan (see `selective_scan.resolve_scan_backend` for the rule)."""
 
-SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu_kernel", "mamba_ssm", "export")
+SCAN_BACKENDS = ("auto", "reference", "chunked", "cpu_kernel", "mamba_ssm", "triton", "export")
 
 SCAN_BACKEND_ENV = "HF_MEDMAMBA_SCAN_BACKEND"
 """Environment variable: the backend that ``"auto"`` stands for (unset or ``"auto"``: choose by device)."""

@@ -25,7 +25,7 @@ Design (kernels in `scan_triton_kernels`):
   makes them write per-direction / per-block partial buffers and sum them (more memory, bit-reproducible).
 - The forward and backward are two ops in the ``hf_medmamba`` namespace (`torch.library.custom_op`) with fake
   implementations and an autograd registration, so `torch.compile` traces a call without a graph break. A second copy
-  of this file in the process (a model's remote code beside the installed package) reuses them (`_custom_op`).
+  of this file in the process (a model's remote code beside the installed package) reuses them (`scan_ops`).
 - ``TRITON_INTERPRET=1``, set before Triton is imported, runs the kernels on CPU tensors in Triton's interpreter
   (slowly: milliseconds per step and program); the tests use it where there is no GPU.
 
@@ -40,8 +40,9 @@ chunked.
 
 import torch
 
+from .scan_common import check_inputs, compute_dtype
+from .scan_ops import custom_op
 from .scan_triton_kernels import scan_backward_kernel, scan_forward_kernel
-from .selective_scan import _check_inputs, _compute_dtype
 
 
 try:
@@ -56,7 +57,6 @@ CHUNK_SIZE = 64
 
 _MAX_BLOCK_D = 64  # channels per program, at most
 _MIN_GPU_BLOCK_D = 8
-_NAMESPACE = "hf_medmamba"
 
 
 def _interpreting():
@@ -99,7 +99,7 @@ class _Launch:
     """
 
     def __init__(self, u, delta, A, B, C, D, delta_bias, z, order, softplus, chunk):
-        self.dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+        self.dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         b, Dk, L = u.shape
         K, R, n, G = 1 if order is None else order.shape[0], delta.shape[1], A.shape[1], B.shape[1]
         dg = R // G
@@ -125,7 +125,7 @@ class _Launch:
 
 def _state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkpoints, chunk):
     """The last state (b, R, n) and the chunk checkpoints (b, R, chunks, n), compute dtype; empty when unwanted."""
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     b, R, L, n = u.shape[0], delta.shape[1], u.shape[2], A.shape[1]
     last = u.new_empty((b, R, n) if return_last else (0,), dtype=dtype)
     ckpt = u.new_empty((b, R, -(-L // chunk), n) if save_checkpoints else (0,), dtype=dtype)
@@ -137,45 +137,14 @@ def _state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkp
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _custom_op(name, fake, autograd=None):
-    """Decorator: ``hf_medmamba::name`` defined from the function (schema from its annotations) with its fake (meta)
-    implementation and, optionally, its autograd formula ``(backward, setup_context)``; returns the op.
-
-    The installed package and a model's remote-code copy of this file can both load in one process: the first defines
-    the op and the second reuses it when the schema is the same, and refuses a different one.
-    """
-    qualname = f"{_NAMESPACE}::{name}"
-
-    def define(fn):
-        namespace = getattr(torch.ops, _NAMESPACE)
-        wanted = str(torch._C.parse_schema(qualname + torch.library.infer_schema(fn, mutates_args=())))
-        if hasattr(namespace, name):
-            existing = getattr(namespace, name).default
-            if str(existing._schema) != wanted:
-                raise RuntimeError(
-                    f"The operator {qualname} is already defined as\n  {existing._schema}\nbut this copy of "
-                    f"hf_medmamba ({__name__}) needs\n  {wanted}\nTwo different versions of hf_medmamba are loaded in "
-                    "one process (the installed package and a model's remote code?). Install the version the model "
-                    "was saved with, or re-save the model with the installed one."
-                )
-            return existing
-        op = torch.library.custom_op(qualname, fn, mutates_args=())
-        op.register_fake(fake)
-        if autograd is not None:
-            op.register_autograd(autograd[0], setup_context=autograd[1])
-        return getattr(namespace, name).default
-
-    return define
-
-
 def _scan_forward_fake(u, delta, A, B, C, D, delta_bias, z, order, softplus, return_last, save_checkpoints, chunk):
-    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     y = u.new_empty(u.shape, dtype=u.dtype if order is None else dtype)
     return (y, *_state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkpoints, chunk))
 
 
 def _scan_backward_fake(u, delta, A, B, C, D, delta_bias, z, order, checkpoints, dy, dlast, softplus, chunk):
-    empty = u.new_empty((0,), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
+    empty = u.new_empty((0,), dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     grads = [u.new_empty(t.shape, dtype=t.dtype) for t in (u, delta, A, B, C)]
     return [*grads, *(empty if t is None else t.new_empty(t.shape) for t in (D, delta_bias, z))]
 
@@ -198,7 +167,7 @@ def _backward(ctx, dy, dlast, _):
     return (*grads[:5], *optional, None, None, None, None, None)
 
 
-@_custom_op("triton_scan_backward", fake=_scan_backward_fake)
+@custom_op("triton_scan_backward", fake=_scan_backward_fake)
 def scan_backward_op(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -277,7 +246,7 @@ def scan_backward_op(
     ]
 
 
-@_custom_op("triton_scan_forward", fake=_scan_forward_fake, autograd=(_backward, _setup_context))
+@custom_op("triton_scan_forward", fake=_scan_forward_fake, autograd=(_backward, _setup_context))
 def scan_forward_op(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -350,7 +319,7 @@ def selective_scan_triton(
     chunk_size=CHUNK_SIZE,
 ):
     """The selective scan (signature and semantics of `selective_scan.selective_scan`) on the Triton kernels."""
-    B, C = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    B, C = check_inputs(u, delta, A, B, C, D, z, delta_bias)
     save = _needs_checkpoints(chunk_size, u, delta, A, B, C, D, z, delta_bias)
     y, last, _ = scan_forward_op(
         u, delta, A, B, C, D, delta_bias, z, None, bool(delta_softplus), bool(return_last_state), save, chunk_size
@@ -366,7 +335,7 @@ def cross_selective_scan_triton(u, delta, A, B, C, D, delta_bias, order, chunk_s
     ``B``/``C`` (b, K, n, L), ``A`` (K*E, n), ``D``/``delta_bias`` (K*E,), softplus on. Returns (b, E, L) in the compute
     dtype (float32, or float64 for float64 inputs): the sum of the directions' outputs, each at its pixels.
     """
-    B, C = _check_inputs(delta, delta, A, B, C, D, None, delta_bias)
+    B, C = check_inputs(delta, delta, A, B, C, D, None, delta_bias)
     if u.dim() != 3 or order.dim() != 2:
         raise ValueError(
             f"cross scan: u must be (batch, channels, length) and order (directions, length), got {tuple(u.shape)} "

@@ -8,6 +8,7 @@ of an H x W grid (the directions are defined in `scan_directions`). Backends, on
 - ``"chunked"`` (`scan_chunked`): a two-level chunked scan in pure PyTorch with a hand-written backward, any device.
 - ``"cpu_kernel"`` (`scan_kernels`): the compiled CPU kernel of the installed package.
 - ``"mamba_ssm"`` (`scan_kernels`): mamba-ssm's CUDA kernel.
+- ``"triton"`` (`scan_triton`): Triton kernels, compiled at run time (no build step) on CUDA and ROCm GPUs.
 - ``"export"`` (`scan_export`): a scan of a pure step function that `torch.export` and the ONNX exporter can trace.
 
 Choosing the backend (`resolve_scan_backend`, the one rule; the models keep their choice in one place,
@@ -17,8 +18,9 @@ Choosing the backend (`resolve_scan_backend`, the one rule; the models keep thei
 2. ``"auto"`` (every config's default) stands for the ``HF_MEDMAMBA_SCAN_BACKEND`` environment variable when it is
    set to a backend name.
 3. Otherwise ``"auto"`` chooses per call, from the tensors' device, never at import time: ``"export"`` while
-   `torch.export` traces; on CUDA ``"mamba_ssm"`` when it imports; on CPU ``"cpu_kernel"`` when it builds (and
-   ``HF_MEDMAMBA_DISABLE_CPU_KERNEL`` is not set); else ``"chunked"``.
+   `torch.export` traces; on CUDA (and ROCm) ``"mamba_ssm"`` when it imports, else ``"triton"`` when Triton imports
+   and has a GPU driver; on CPU ``"cpu_kernel"`` when it builds (and ``HF_MEDMAMBA_DISABLE_CPU_KERNEL`` is not set);
+   else ``"chunked"``.
 
 The compiled CPU kernel runs float32 with ``d_state`` up to its limit; other calls on it (float64 inputs in gradcheck,
 larger states) run on ``"chunked"``. Dtype: see `scan_common` (applied here, once: autocast off, inputs cast).
@@ -35,9 +37,15 @@ from .scan_directions import MERGE_ORDER, NUM_DIRECTIONS, cross_merge, scan_orde
 from .scan_export import cross_scan_export, scan_export
 from .scan_kernels import cpu_kernel, mamba_ssm_kernel, scan_cpu_kernel, scan_mamba_ssm
 from .scan_reference import scan_reference
+from .scan_triton import cross_selective_scan_triton, selective_scan_triton, triton_available
+
+
+def _scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
 
 
 _SCANS = {
+    "triton": _scan_triton,
     "reference": scan_reference,
     "chunked": scan_chunked,
     "cpu_kernel": scan_cpu_kernel,
@@ -46,22 +54,36 @@ _SCANS = {
 }
 
 
-# The compiled backends: the device they run on, their probe, and what is missing when the probe finds nothing.
+# The compiled backends: the device they run on, and what is missing when `_available` finds nothing.
+# Run-time compiled (Triton) or built ahead (mamba-ssm, the CPU kernel): none can be traced by torch.export.
 _COMPILED = {
     "mamba_ssm": (
         "cuda",
-        mamba_ssm_kernel,
         "`mamba_ssm` cannot be imported. Install it with `pip install hf-medmamba[cuda]` (it compiles against your "
         "CUDA toolkit), or use scan_backend='auto' or 'chunked'.",
     ),
+    "triton": (
+        None,  # CUDA / ROCm tensors; CPU tensors only in Triton's interpreter (tests), which the backend checks
+        "Triton does not import or finds no GPU driver. It ships with the Linux CUDA and ROCm builds of torch "
+        "(elsewhere `pip install hf-medmamba[triton]`); or use scan_backend='auto' or 'chunked'.",
+    ),
     "cpu_kernel": (
         "cpu",
-        cpu_kernel,
         f"the compiled CPU kernel is not available (no C++ compiler, {DISABLE_CPU_KERNEL_ENV} set, or a model loaded "
         "as remote code without the hf_medmamba package). Install hf-medmamba and a C++ compiler, or use "
         "scan_backend='chunked'.",
     ),
 }
+
+
+def _available(backend):
+    """Whether the compiled backend can run in this process (mamba-ssm imports, Triton has a driver, the CPU kernel
+    builds)."""
+    if backend == "mamba_ssm":
+        return mamba_ssm_kernel() is not None
+    if backend == "triton":
+        return triton_available()
+    return cpu_kernel() is not None
 
 
 def resolve_scan_backend(backend="auto", device="cpu"):
@@ -81,6 +103,8 @@ def resolve_scan_backend(backend="auto", device="cpu"):
             return "export"
         if device.type == "cuda" and mamba_ssm_kernel() is not None:
             return "mamba_ssm"
+        if device.type == "cuda" and triton_available():
+            return "triton"
         if device.type == "cpu" and cpu_kernel() is not None:
             return "cpu_kernel"
         return "chunked"
@@ -91,13 +115,13 @@ def resolve_scan_backend(backend="auto", device="cpu"):
             "use scan_backend='auto' or 'export' (hf_medmamba.tools.export switches the model to it for you)."
         )
     if backend in _COMPILED:
-        device_type, available, missing = _COMPILED[backend]
-        if device.type != device_type:
+        device_type, missing = _COMPILED[backend]
+        if device_type is not None and device.type != device_type:
             raise RuntimeError(
                 f"scan backend {backend!r} was forced (by {source}) but the tensors are on {device.type}; it runs only "
                 f"on {device_type.upper()}. Move the model there or use scan_backend='auto' or 'chunked'."
             )
-        if available() is None:
+        if not _available(backend):
             raise RuntimeError(f"scan backend {backend!r} was forced (by {source}) but {missing}")
     return backend
 
@@ -158,6 +182,9 @@ def cross_selective_scan(u, delta, A, B, C, D, delta_bias, height, width, backen
             return cpu_kernel().cross_scan(u, delta, A, B, C, D, delta_bias, height, width, walk, MERGE_ORDER)
         if name == "export":
             return cross_scan_export(u, delta, A, B, C, D, delta_bias, height, width)
+        if name == "triton":
+            walk = scan_orders(height, width, u.device)
+            return cross_selective_scan_triton(u, delta, A, B, C, D, delta_bias, walk)
         batch, E, length = u.shape
         K = NUM_DIRECTIONS
         xs = to_scan_orders(u.unsqueeze(1).expand(batch, K, E, length), height, width).reshape(batch, K * E, length)

@@ -185,6 +185,9 @@ SHARED_FILES = {
     "scan_chunked.py",
     "scan_export.py",
     "scan_kernels.py",
+    "scan_ops.py",
+    "scan_triton.py",
+    "scan_triton_kernels.py",
     "vss_layers.py",
     "validation.py",
 }

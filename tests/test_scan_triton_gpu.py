@@ -7,17 +7,18 @@ default cases on the GPU too).
 import pytest
 import torch
 
+from hf_medmamba import scan_kernels
 from hf_medmamba import scan_triton as st
 from hf_medmamba import selective_scan as ss
 
-from .test_scan_triton import (  # skips this module too (with CI=true: fails) when Triton is not installed
+from .test_scan_triton import triton  # noqa: F401  (skips this module too, with CI=true fails, without Triton)
+from .triton_helpers import (
     assert_model_matches_chunked,
     deterministic_algorithms,
     direction_table,
     leaves,
     rel_err,
     scan_inputs,
-    scan_models_with_triton,
     tiny_models,
 )
 
@@ -26,7 +27,7 @@ from .test_scan_triton import (  # skips this module too (with CI=true: fails) w
 @pytest.mark.parametrize("backend", ["chunked", "mamba_ssm"])
 def test_gpu_matches_other_backends(backend):
     """MedMamba-T stage-2 sizes (E = 192, 28 x 28, n = 16, batch 2): cross and plain scans, fp32, with gradients."""
-    if backend == "mamba_ssm" and ss._mamba_ssm_kernel() is None:
+    if backend == "mamba_ssm" and scan_kernels.mamba_ssm_kernel() is None:
         pytest.skip("mamba-ssm is not installed here: nothing to compare with")
     H = W = 28
     inputs = scan_inputs(2, 192, H * W, 16, cross=True)
@@ -94,9 +95,8 @@ def test_gpu_models_match_the_chunked_backend(monkeypatch, name):
 
 
 @pytest.mark.gpu
-def test_gpu_inductor_compiles_a_model_with_the_op(monkeypatch):
-    scan_models_with_triton(monkeypatch)
-    model = tiny_models()["vmunet"].cuda().eval()
+def test_gpu_inductor_compiles_a_model_with_the_op():
+    model = tiny_models()["vmunet"].cuda().eval().set_scan_backend("triton")
     images = torch.randn(2, 3, 64, 64, device="cuda")
     with torch.no_grad():
         eager = model(pixel_values=images).logits

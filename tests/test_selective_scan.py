@@ -219,7 +219,8 @@ def test_auto_picks_mamba_ssm_for_cuda_tensors_when_it_imports(fake_mamba_ssm):
     assert ss.resolve_scan_backend("chunked", "cuda") == "chunked"
 
 
-def test_auto_on_cuda_without_mamba_ssm_uses_chunked(no_mamba_ssm):
+def test_auto_on_cuda_without_mamba_ssm_or_triton_uses_chunked(no_mamba_ssm, monkeypatch):
+    monkeypatch.setattr(ss, "triton_available", lambda: False)
     assert ss.resolve_scan_backend("auto", "cuda") == "chunked"
 
 
@@ -260,3 +261,19 @@ def test_cuda_backends_match_reference(backend):
     y = call(ss.selective_scan, inp, OPTIONS[0], backend=backend)
     expected = call(REFERENCE, {k: v.cpu().double() for k, v in inp.items()}, OPTIONS[0])
     assert rel_err(y.cpu(), expected) <= 1e-4
+
+
+def test_auto_on_cuda_prefers_mamba_ssm_then_triton_then_chunked(monkeypatch, fake_mamba_ssm):
+    """mamba-ssm when it imports, else Triton when it imports with a GPU driver, else chunked; never Triton on CPU."""
+    monkeypatch.setattr(ss, "triton_available", lambda: True)
+    assert ss.resolve_scan_backend("auto", "cuda") == "mamba_ssm"
+    monkeypatch.setattr(ss, "mamba_ssm_kernel", lambda: None)
+    assert ss.resolve_scan_backend("auto", "cuda") == "triton"
+    assert ss.resolve_scan_backend("auto", "cpu") in ("cpu_kernel", "chunked")  # Triton only for GPU tensors
+    monkeypatch.setattr(ss, "triton_available", lambda: False)
+    assert ss.resolve_scan_backend("auto", "cuda") == "chunked"
+    with pytest.raises(RuntimeError, match="Triton does not import or finds no GPU driver"):
+        ss.resolve_scan_backend("triton", "cuda")
+    monkeypatch.setattr(torch.compiler, "_is_exporting_flag", True)  # as inside torch.export
+    with pytest.raises(RuntimeError, match="cannot be exported"):
+        ss.resolve_scan_backend("triton", "cuda")
