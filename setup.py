@@ -31,17 +31,21 @@ EXTRAS = {
         "matplotlib>=3.8",
         "nibabel>=5.0",
     ],
-    # medical file formats for the prediction CLI: DICOM and NIfTI
-    "medical": ["pydicom>=2.4", "nibabel>=5.0"],
+    # medical files (hf_medmamba.tools.medical_io): DICOM files and series, NIfTI volumes, RAS reorientation
+    "medical": ["pydicom>=3.0", "nibabel>=5.0", "monai>=1.4"],
     "cuda": ["mamba-ssm>=1.0.1"],
     # deployment: ONNX export (dynamo exporter) and its verification with onnxruntime
     "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
 }
+# the web demo in examples/space (a Gradio app in the layout of a Hugging Face Space)
+EXTRAS["space"] = ["gradio>=6.0", *EXTRAS["medical"]]
 EXTRAS["dev"] = [
     *EXTRAS["train"],
     *EXTRAS["medical"],
     *EXTRAS["export"],
+    *EXTRAS["space"],
     "pytest>=8",
+    "playwright>=1.40",  # drives the system Chromium in the Space's browser test (its driver only, no browsers)
     "ruff>=0.6",
     "build>=1.2",
     "hypothesis>=6.100",
@@ -55,7 +59,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["hf_medmamba"],
+    packages=["hf_medmamba", "hf_medmamba.tools"],
     package_data={"hf_medmamba": ["kernels/*.cpp", "templates/*.md", "data/*.json", "data/*.md"]},
     install_requires=CORE,
     extras_require=EXTRAS,

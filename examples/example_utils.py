@@ -20,6 +20,8 @@ import PIL.Image
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
+from hf_medmamba.image_processing_common import apply_window
+
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would otherwise ask PyPI for its version
 
@@ -79,6 +81,7 @@ RECIPES = {
         "augmentation": "synapse",
         "image_size": 224,
         "normalization_mode": "standard",
+        "window": [-125.0, 275.0],  # TransUNet's CT window (HU), stored in the processor for inputs in HU
         "preset": "vmunet-synapse",
     },
 }
@@ -342,8 +345,9 @@ def with_example_index(dataset):
     return dataset.add_column("example_index", list(range(len(dataset))))
 
 
-def to_uint8_array(image):
-    """An 8-bit (H, W) or (H, W, 3) array from a PIL image (or an array), the input albumentations works on."""
+def to_uint8_array(image, window=None):
+    """An 8-bit (H, W) or (H, W, 3) array from a PIL image (or an array), the input albumentations works on. Data that
+    is not 8-bit is windowed to ``window`` (the image processor's, as it would) when one is given."""
     if isinstance(image, PIL.Image.Image):
         if image.mode in ("L", "RGB"):
             return np.array(image)
@@ -351,6 +355,8 @@ def to_uint8_array(image):
             return np.array(image.convert("RGB" if image.mode not in ("1", "LA") else "L"))
         image = np.array(image)  # 16-bit or float: the processor's rules bring it to 8 bits
     array = np.asarray(image)
+    if array.dtype != np.uint8 and window is not None:
+        return np.rint(apply_window(array, window) * 255.0).astype(np.uint8)
     if array.dtype != np.uint8:
         low, high = float(array.min()), float(array.max())
         scale = 255.0 if low >= 0.0 and high <= 1.0 and array.dtype.kind == "f" else 255.0 / max(high - low, 1e-12)
