@@ -65,11 +65,6 @@ def apply_window(array, window):
     return np.clip((array.astype(np.float32) - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
 
 
-def is_8bit_data(array):
-    """Whether an array holds display data that a window leaves alone (``uint8`` or ``bool``)."""
-    return array.dtype in (np.uint8, np.bool_)
-
-
 def _to_8bit_scale(array, window=None):
     """Bring an array's values to the 8-bit scale (windowed when ``window`` is given and the data is not 8-bit);
     returns (float32 array, whether it was exactly 8-bit data)."""
