@@ -305,3 +305,14 @@ def test_slices_and_stacks_are_inverse_for_every_axis():
     # axial display: anterior (high y) at the top row, patient right (high x) on the left column
     axial = medical_io.volume_slices(volume, 2)
     assert axial.shape == (5, 4, 3) and axial[0, 0, 0] == volume[2, 3, 0]
+
+
+def test_one_slice_at_a_time_matches_the_whole_volume():
+    rng = np.random.default_rng(0)
+    volume = SimpleNamespace(data=rng.normal(size=(5, 6, 7)).astype(np.float32), display=None, is_8bit=False)
+    for axis in (0, 1, 2):
+        frames, intensity = medical_io.volume_frames(volume, axis=axis)
+        assert intensity["source"] == "range"  # no window anywhere: the volume's range, not each slice's
+        for index in range(volume.data.shape[axis]):
+            frame, _ = medical_io.volume_frame(volume, index, axis=axis)
+            np.testing.assert_array_equal(frame, frames[index])

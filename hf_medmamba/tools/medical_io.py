@@ -306,9 +306,10 @@ def model_window(processor, window=None):
     return None, None
 
 
-def unit_intensities(values, processor=None, window=None, display=None, is_8bit=False):
+def unit_intensities(values, processor=None, window=None, display=None, is_8bit=False, value_range=None):
     """``values`` (modality units; any shape) in [0, 1] for the model, and how (a JSON-ready dict): see the module
-    docstring for the order of the rules."""
+    docstring for the order of the rules. The fallback range is ``value_range`` if given (that of the whole volume
+    when ``values`` is one slice of it), else that of ``values``."""
     values = np.asarray(values)
     if is_8bit:
         return values.astype(np.float32) / np.float32(255.0), {"source": "8-bit"}
@@ -316,7 +317,8 @@ def unit_intensities(values, processor=None, window=None, display=None, is_8bit=
     if chosen is None and display is not None:
         return np.asarray(display, dtype=np.float32), {"source": "dicom voi"}
     if chosen is None:
-        chosen, source = (float(values.min()), float(values.max())), "range"
+        chosen = value_range or (float(values.min()), float(values.max()))
+        chosen, source = (float(chosen[0]), float(chosen[1])), "range"
         if chosen[1] <= chosen[0]:
             return np.zeros(values.shape, dtype=np.float32), {"source": source, "window": list(chosen)}
     return apply_window(values, chosen), {"source": source, "window": [float(v) for v in chosen]}
@@ -338,6 +340,16 @@ def volume_frames(volume, processor=None, axis=2, window=None):
     """(slices in [0, 1] along ``axis`` in display orientation, how they were windowed) of a `MedicalVolume`."""
     values, intensity = unit_intensities(volume.data, processor, window, volume.display, volume.is_8bit)
     return volume_slices(values, axis), intensity
+
+
+def volume_frame(volume, index, processor=None, axis=2, window=None):
+    """Slice ``index`` of `volume_frames` without windowing the whole volume (the fallback range is still the
+    volume's): for viewers that show one slice at a time."""
+    data = np.take(volume.data, index, axis=axis % 3)[..., None]
+    display = None if volume.display is None else np.take(volume.display, index, axis=axis % 3)[..., None]
+    value_range = (float(volume.data.min()), float(volume.data.max()))
+    values, intensity = unit_intensities(data, processor, window, display, volume.is_8bit, value_range)
+    return volume_slices(np.moveaxis(values, -1, axis % 3), axis)[0], intensity
 
 
 def dicom_frames(path, processor=None, window=None):
