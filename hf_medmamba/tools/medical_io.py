@@ -67,13 +67,11 @@ class MedicalVolume:
     series has one; ``is_8bit``: whether the stored values were 8-bit display values.
     """
 
-    source: str
     data: np.ndarray
     affine: np.ndarray
     display: np.ndarray | None
     is_8bit: bool
     oriented: object  # the MetaTensor after Orientation("RAS"): its applied operations lead back to the input
-    orientation: object  # the Orientation transform that made it (MONAI inverts with the same instance)
     nifti: object | None  # the input nibabel image (header, qform / sform) of a NIfTI input
 
     @property
@@ -89,36 +87,32 @@ def is_nifti(path):
 def read_volume(source):
     """A NIfTI file (``.nii``, ``.nii.gz``) or a DICOM series (a folder holding its slices, or a list of the slice
     files) as a `MedicalVolume` in RAS orientation."""
+    nifti = None
     if isinstance(source, (list, tuple)) or Path(source).is_dir():
         native, affine, display, is_8bit = read_dicom_series(source)
-        channels = native[None] if display is None else np.stack([native, display])
+        channels = torch.from_numpy(native[None] if display is None else np.stack([native, display]))
         metatensor = require("monai.data", "reading DICOM series").MetaTensor
-        image, nifti = (
-            metatensor(torch.from_numpy(channels), affine=torch.from_numpy(affine), meta={"space": "RAS"}),
-            None,
-        )
+        image = metatensor(channels, affine=torch.from_numpy(affine), meta={"space": "RAS"})
     elif is_nifti(source):
         image, nifti, is_8bit = _load_nifti(source)
     else:
         raise ImageInputError(f"{source}: not a NIfTI file (.nii, .nii.gz) nor a folder or list of DICOM files.")
-    orientation = _transforms()[2]
-    oriented = orientation(image)
+    oriented = _transforms()[2](image)
     array = oriented.detach().cpu().numpy()
     return MedicalVolume(
-        source=str(source),
         data=array[0].astype(np.float32),
         affine=oriented.affine.numpy().astype(np.float64),
         display=array[1].astype(np.float32) if array.shape[0] == 2 else None,
         is_8bit=is_8bit,
         oriented=oriented,
-        orientation=orientation,
         nifti=nifti,
     )
 
 
 @lru_cache(maxsize=1)
 def _transforms():
-    """MONAI's LoadImage (NIfTI through nibabel), EnsureChannelFirst and Orientation("RAS"), made once. LoadImage
+    """MONAI's LoadImage (NIfTI through nibabel), EnsureChannelFirst and Orientation("RAS"), made once (MONAI
+    inverts an orientation with the instance that applied it). LoadImage
     instantiates every reader it knows, and MONAI's nvImageCodec DICOM reader logs and warns that it is unavailable
     on machines without it: silenced here, as we read DICOM with pydicom."""
     transforms = require("monai.transforms", "reading NIfTI volumes")
@@ -432,7 +426,7 @@ def write_label_volume(volume, labels, path):
         meta=copy.deepcopy(volume.oriented.meta),
         applied_operations=copy.deepcopy(volume.oriented.applied_operations),
     )
-    restored = volume.orientation.inverse(oriented)
+    restored = _transforms()[2].inverse(oriented)
     native = restored[0].detach().cpu().numpy().astype(dtype)
     if volume.nifti is not None:
         source = volume.nifti
