@@ -38,10 +38,9 @@ import hf_medmamba  # noqa: F401  (registers the models with the Auto classes)
 from hf_medmamba.tools import medical_io
 
 
-HERE = Path(__file__).resolve().parent
-DEMO = HERE.parents[1] / "outputs" / "demo"  # where examples/demo.py writes its models by default
-DEFAULT_CLASSIFIER = os.environ.get("HF_MEDMAMBA_CLASSIFIER", str(DEMO / "medmamba-busi"))
-DEFAULT_SEGMENTER = os.environ.get("HF_MEDMAMBA_SEGMENTER", str(DEMO / "vmunet-busi"))
+# where examples/demo.py writes its models by default (relative to the folder it runs in, as there)
+DEFAULT_CLASSIFIER = os.environ.get("HF_MEDMAMBA_CLASSIFIER", "outputs/demo/medmamba-busi")
+DEFAULT_SEGMENTER = os.environ.get("HF_MEDMAMBA_SEGMENTER", "outputs/demo/vmunet-busi")
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # system fonts only: Gradio's default theme would serve (or, for Google fonts, fetch) web fonts
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -62,8 +61,8 @@ class UserError(Exception):
 def load_model(name, task):
     """(model, processor) of a folder or Hub id for ``task`` ("classifier" or "segmenter"), loaded once."""
     auto = TASKS[task]
-    local = Path(name).expanduser()
-    if name.startswith((".", "/", "~")) and not local.is_dir():
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1  # a Hub id is "owner/name"
+    if looks_local and not Path(name).expanduser().is_dir():
         raise UserError(f"the {task} folder {name} does not exist (examples/demo.py writes outputs/demo/...).")
     try:
         config = AutoConfig.from_pretrained(name)
