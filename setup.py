@@ -33,8 +33,8 @@ EXTRAS = {
         # TransUNet's Synapse test volumes (test_vol_h5/*.npy.h5) read by examples/prepare_synapse.py
         "h5py>=3.8",
     ],
-    # medical file formats for the prediction CLI: DICOM and NIfTI
-    "medical": ["pydicom>=2.4", "nibabel>=5.0"],
+    # medical files (hf_medmamba.tools.medical_io): DICOM files and series, NIfTI volumes, RAS reorientation
+    "medical": ["pydicom>=3.0", "nibabel>=5.0", "monai>=1.4"],
     "cuda": ["mamba-ssm>=1.0.1"],
     # the Triton scan backend (scan_triton.py). Linux CUDA and ROCm builds of torch already bring Triton; this pins the
     # version that the tested torch 2.13.0's CUDA wheel requires (Requires-Dist: triton==3.7.1). With another torch,
@@ -43,6 +43,8 @@ EXTRAS = {
     # deployment: ONNX export (dynamo exporter) and its verification with onnxruntime
     "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
 }
+# the web demo in examples/space (a Gradio app in the layout of a Hugging Face Space)
+EXTRAS["space"] = ["gradio>=6.0", *EXTRAS["medical"]]
 EXTRAS["dev"] = [
     *EXTRAS["train"],
     *EXTRAS["medical"],
@@ -50,7 +52,9 @@ EXTRAS["dev"] = [
     # Triton's CPU interpreter runs the Triton scan tests. Not the pin above: pip keeps the Triton an installed torch
     # brought (torch 2.14.1 brings 3.8.0); a fresh CPU environment gets the newest (3.9.0 checked with torch 2.13.0).
     "triton>=3.6; platform_system == 'Linux'",
+    *EXTRAS["space"],
     "pytest>=8",
+    "playwright>=1.40",  # drives the system Chromium in the Space's browser test (its driver only, no browsers)
     "ruff>=0.6",
     "build>=1.2",
     "hypothesis>=6.100",

@@ -5,17 +5,19 @@ predicted label map is resized back with nearest neighbour (upstream zooms slice
 and per foreground class 1..C-1, Dice and HD95 (`hf_medmamba.tools.metrics.volume_dice_hd95`, Synapse conventions for
 empty masks), averaged over volumes with `synapse_summary`, and written to a JSON file.
 
-Inputs: NIfTI pairs (``--images ct.nii.gz --labels seg.nii.gz``; the CT is windowed to ``--window`` HU, default
-[-125, 275] as TransUNet's preprocessing, and scaled to [0, 1]; HD95 is in mm from the header's voxel spacing unless
-``--hd95_in_voxels``), or TransUNet-style ``.npz`` volumes with ``image`` (D x H x W in [0, 1]) and ``label`` keys
-(HD95 in voxels, as no spacing is stored).
+Inputs: NIfTI pairs (``--images ct.nii.gz --labels seg.nii.gz``; an image may also be a DICOM series folder, with a
+NIfTI label volume in its geometry), read by `hf_medmamba.tools.medical_io` (the reader of ``hf-medmamba predict``):
+brought to RAS orientation, sliced axially in radiological display orientation (anterior at the top, patient right on
+the image left: the orientation of ``examples/data/ct_abdomen_organs/slices``), windowed with ``--window`` or else the
+model processor's ``window`` (``preprocessor_config.json``), else TransUNet's [-125, 275] HU, and scaled to [0, 1].
+HD95 is in mm from the voxel spacing unless ``--hd95_in_voxels``. Or TransUNet-style ``.npz`` volumes with ``image``
+(D x H x W in [0, 1]) and ``label`` keys (HD95 in voxels, as no spacing is stored).
 
     python examples/evaluate_volumes.py --model_name_or_path outputs/vmunet-synapse \\
         --images examples/data/ct_abdomen_organs/nifti/ct.nii.gz \\
         --labels examples/data/ct_abdomen_organs/nifti/seg_synapse8.nii.gz --output_file outputs/synapse_eval.json
 
-NIfTI volumes are brought to RAS orientation and their axial slices shown as radiologists view them (anterior at the
-top, patient right on the image left), the orientation of ``examples/data/ct_abdomen_organs/slices``.
+``--save_predictions`` writes each predicted label volume as NIfTI in its input's voxel order and affine.
 """
 
 import argparse
@@ -25,25 +27,36 @@ import time
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 from transformers import AutoModelForSemanticSegmentation
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # 5.17 exports a torchvision stub
 
 import hf_medmamba  # noqa: F401  (registers the models with the Auto classes)
+from hf_medmamba.tools import medical_io
 from hf_medmamba.tools.metrics import synapse_summary, volume_dice_hd95
+
+
+SYNAPSE_WINDOW = (-125.0, 275.0)  # TransUNet's Synapse preprocessing, HU
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True, help="A saved segmentation model folder.")
-    parser.add_argument("--images", nargs="+", required=True, help="NIfTI image volumes, or .npz volumes.")
+    parser.add_argument(
+        "--images", nargs="+", required=True, help="NIfTI image volumes, DICOM series folders, or .npz volumes."
+    )
     parser.add_argument("--labels", nargs="*", default=None, help="Label volumes, one per image (not for .npz).")
     parser.add_argument("--output_file", required=True, help="Where to write the JSON results.")
-    parser.add_argument("--window", nargs=2, type=float, default=[-125.0, 275.0], help="HU window of NIfTI images.")
+    parser.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        default=None,
+        help="HU window (default: the processor's window, else -125 275).",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="Slices per forward pass.")
     parser.add_argument("--hd95_in_voxels", action="store_true", help="HD95 in voxels (TransUNet) instead of mm.")
-    parser.add_argument("--save_predictions", default=None, help="Folder for the predicted volumes (NIfTI, RAS).")
+    parser.add_argument("--save_predictions", default=None, help="Folder for the predicted volumes (NIfTI).")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available).")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow the folder's custom code.")
     args = parser.parse_args(argv)
@@ -52,52 +65,25 @@ def parse_args(argv=None):
     return args
 
 
-def load_nifti_case(image_path, label_path, window):
-    """(slices D x H x W in [0, 1], labels D x H x W, spacing per axis, RAS affine) of a NIfTI pair."""
-    import nibabel as nib
-
-    image = nib.as_closest_canonical(nib.load(image_path))
-    label = nib.as_closest_canonical(nib.load(label_path))
-    if image.shape[:3] != label.shape[:3]:
-        raise ValueError(f"{image_path} has shape {image.shape} but {label_path} has {label.shape}")
-    low, high = window
-    volume = (np.clip(image.get_fdata(dtype=np.float32), low, high) - low) / (high - low)
-    labels = np.rint(np.asarray(label.dataobj)).astype(np.int64)
-    zooms = [float(z) for z in image.header.get_zooms()[:3]]
-    return ras_to_slices(volume), ras_to_slices(labels), (zooms[2], zooms[1], zooms[0]), image.affine
-
-
-def ras_to_slices(volume):
-    """RAS (x, y, z) -> axial slices (z, y, x) with y and x reversed: anterior at the top, patient right on the left."""
-    return np.ascontiguousarray(volume.transpose(2, 1, 0)[:, ::-1, ::-1])
-
-
-def slices_to_ras(slices):
-    """The inverse of `ras_to_slices`."""
-    return np.ascontiguousarray(slices[:, ::-1, ::-1].transpose(2, 1, 0))
+def load_volume_case(image_path, label_path, processor, window):
+    """(slices D x H x W in [0, 1], labels D x H x W, spacing per slice axis, the image volume, how it was windowed)
+    of a NIfTI image (or DICOM series) and its NIfTI labels, through `medical_io` (RAS, axial display slices)."""
+    image = medical_io.read_volume(image_path)
+    label = medical_io.read_volume(label_path)
+    if image.data.shape != label.data.shape or not np.allclose(image.affine, label.affine, atol=1e-3):
+        raise ValueError(
+            f"{label_path} (shape {label.data.shape}) does not lie on the voxel grid of {image_path} (shape "
+            f"{image.data.shape}); give labels in their image's geometry."
+        )
+    slices, intensity = medical_io.volume_frames(image, processor, axis=2, window=window)
+    labels = medical_io.volume_slices(np.rint(label.data).astype(np.int64), axis=2)
+    spacing_x, spacing_y, spacing_z = image.spacing
+    return slices, labels, (spacing_z, spacing_y, spacing_x), image, intensity
 
 
 def load_npz_case(path):
     data = np.load(path)
-    return data["image"].astype(np.float32), data["label"].astype(np.int64), None, None
-
-
-def predict_slices(model, processor, slices, batch_size, device):
-    """Label maps (D x H x W) of the slices: resized to the model size, segmented, resized back (nearest)."""
-    height, width = slices.shape[1:]
-    predictions = []
-    for start in range(0, len(slices), batch_size):
-        inputs = processor(list(slices[start : start + batch_size]), return_tensors="pt")
-        with torch.inference_mode():
-            logits = model(pixel_values=inputs["pixel_values"].to(device)).logits.float()
-        if logits.shape[1] == 1:
-            maps = (torch.sigmoid(logits[:, 0]) >= getattr(processor, "threshold", 0.5)).to(torch.int32)
-        else:
-            maps = logits.argmax(dim=1).to(torch.int32)
-        for label_map in maps.cpu().numpy():
-            resized = PIL.Image.fromarray(label_map).resize((width, height), PIL.Image.NEAREST)
-            predictions.append(np.asarray(resized, dtype=np.int64))
-    return np.stack(predictions)
+    return data["image"].astype(np.float32), data["label"].astype(np.int64), None, None, None
 
 
 def input_size(processor):
@@ -119,19 +105,20 @@ def evaluate(args):
     num_classes = len(id2label)
     class_names = [id2label[k] for k in range(1, num_classes)]
 
+    window = args.window or (None if getattr(processor, "window", None) is not None else SYNAPSE_WINDOW)
     cases, per_case = [], []
     labels = args.labels or [None] * len(args.images)
     for image_path, label_path in zip(args.images, labels):
         start = time.perf_counter()
         if str(image_path).endswith(".npz"):
-            slices, target, spacing, affine = load_npz_case(image_path)
+            slices, target, spacing, volume, intensity = load_npz_case(image_path)
         else:
             if label_path is None:
                 raise ValueError(f"{image_path}: NIfTI images need --labels")
-            slices, target, spacing, affine = load_nifti_case(image_path, label_path, args.window)
+            slices, target, spacing, volume, intensity = load_volume_case(image_path, label_path, processor, window)
         if target.min() < 0 or target.max() >= num_classes:
             raise ValueError(f"labels of {image_path} span {target.min()}..{target.max()}, model has {num_classes}")
-        prediction = predict_slices(model, processor, slices, args.batch_size, device)
+        prediction = medical_io.segment_frames(model, processor, slices, args.batch_size)
         result = volume_dice_hd95(
             prediction,
             target,
@@ -147,20 +134,17 @@ def evaluate(args):
             "slice_size": list(slices.shape[1:]),
             "spacing": spacing,
             "hd95_units": "voxels" if (args.hd95_in_voxels or spacing is None) else "mm",
+            "intensity": intensity,
             "dice": dict(zip(class_names, result["dice"])),
             "hd95": dict(zip(class_names, result["hd95"])),
             "mean_dice": float(np.mean(result["dice"])),
             "mean_hd95": float(np.mean(result["hd95"])),
             "seconds": round(time.perf_counter() - start, 2),
         }
-        if args.save_predictions and affine is not None:
-            import nibabel as nib
-
-            folder = Path(args.save_predictions)
-            folder.mkdir(parents=True, exist_ok=True)
-            ras = slices_to_ras(prediction).astype(np.uint8)
-            path = folder / (Path(image_path).name.split(".")[0] + "_pred.nii.gz")
-            nib.save(nib.Nifti1Image(ras, affine), path)
+        if args.save_predictions and volume is not None:
+            name = Path(image_path).name.split(".")[0] + "_pred.nii.gz"
+            path = Path(args.save_predictions) / name
+            medical_io.write_label_volume(volume, medical_io.stack_slices(prediction, axis=2), path)
             case["prediction"] = str(path)
         cases.append(case)
         print(f"{image_path}: mean Dice {case['mean_dice']:.4f}, mean HD95 {case['mean_hd95']:.2f}")
@@ -170,7 +154,7 @@ def evaluate(args):
         "model": str(args.model_name_or_path),
         "num_classes": num_classes,
         "class_names": class_names,
-        "window_hu": list(args.window),
+        "window_hu": list(medical_io.model_window(processor, window)[0]),
         "model_input_size": input_size(processor),
         "protocol": "slice-by-slice, resize to model size and back (nearest); Dice/HD95 per class 1..C-1, Synapse "
         "empty-mask conventions; means over cases, then over classes",

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from hf_medmamba.image_processing_common import apply_window
+
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +190,9 @@ def dataset_id2label(data_args, cache_dir=None, token=None):
     return {int(k): str(v) for k, v in labels.items()}
 
 
-def to_uint8_array(image):
-    """An 8-bit (H, W) or (H, W, 3) array from a PIL image (or an array), the input albumentations works on."""
+def to_uint8_array(image, window=None):
+    """An 8-bit (H, W) or (H, W, 3) array from a PIL image (or an array), the input albumentations works on. Data that
+    is not 8-bit is windowed to ``window`` (the image processor's, as it would) when one is given."""
     if isinstance(image, PIL.Image.Image):
         if image.mode in ("L", "RGB"):
             return np.array(image)
@@ -197,6 +200,8 @@ def to_uint8_array(image):
             return np.array(image.convert("RGB" if image.mode not in ("1", "LA") else "L"))
         image = np.array(image)  # 16-bit or float: the processor's rules bring it to 8 bits
     array = np.asarray(image)
+    if array.dtype != np.uint8 and window is not None:
+        return np.rint(apply_window(array, window) * 255.0).astype(np.uint8)
     if array.dtype != np.uint8:
         low, high = float(array.min()), float(array.max())
         scale = 255.0 if low >= 0.0 and high <= 1.0 and array.dtype.kind == "f" else 255.0 / max(high - low, 1e-12)

@@ -79,6 +79,7 @@ RECIPES = {
         "augmentation": "synapse",
         "image_size": 224,
         "normalization_mode": "standard",
+        "window": [-125.0, 275.0],  # TransUNet's CT window (HU), stored in the processor for inputs in HU
         "preset": "vmunet-synapse",
     },
 }

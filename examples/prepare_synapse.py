@@ -239,7 +239,7 @@ def btcv_pairs(folders):
 def prepare_btcv(folders, output_dir):
     """Slices and NIfTI test volumes from the raw BTCV release; returns the split summary."""
     import nibabel as nib
-    from evaluate_volumes import load_nifti_case  # the evaluation's own reading: same window, same orientation
+    from evaluate_volumes import load_volume_case  # the evaluation's own reading: same window, same orientation
 
     lookup = btcv_lookup()
     writers = {
@@ -250,7 +250,8 @@ def prepare_btcv(folders, output_dir):
         (output_dir / "volumes" / folder).mkdir(parents=True)
     for number, (image_path, label_path) in btcv_pairs(folders).items():
         name = case_name(number)
-        slices, labels, _, _ = load_nifti_case(image_path, label_path, HU_WINDOW)
+        slices, labels = load_volume_case(image_path, label_path, None, HU_WINDOW)[:2]
+        slices = np.stack([np.asarray(frame, dtype=np.float32) for frame in slices])
         if labels.min() < 0 or labels.max() > BTCV_LABELS:
             raise PreparationError(f"{label_path}: labels span {labels.min()}..{labels.max()}, BTCV has 0-13")
         labels = lookup[labels]

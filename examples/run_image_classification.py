@@ -218,7 +218,8 @@ class ClassificationTransform:
         self.label2id, self.augmentation = label2id, augmentation
 
     def __call__(self, batch):
-        images = [to_uint8_array(image) for image in batch[self.image_column]]
+        window = getattr(self.processor, "window", None)
+        images = [to_uint8_array(image, window) for image in batch[self.image_column]]
         if self.augmentation is not None:
             images = [self.augmentation(i, image=x)["image"] for i, x in zip(batch["example_index"], images)]
             # the crop already has the model's size: no resize, no centre crop

@@ -80,6 +80,7 @@ from example_utils import (
 
 import hf_medmamba
 from hf_medmamba.configuration_vmunet import BINARY_LABELS
+from hf_medmamba.image_processing_common import check_window
 
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,14 @@ class DataTrainingArguments(ImageDataArguments):
             "help": "VMUNetImageProcessor normalisation for new processors: 'isic' (per-image min-max to [0, 255], "
             "default for 3 channels) or 'standard' (rescale + mean/std, default for 1 channel).",
             "choices": ["isic", "standard"],
+        },
+    )
+    window: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Intensity window LOW HIGH stored in the image processor (CT: HU; the synapse recipe: -125 275). "
+            "The processor clips data that is not 8-bit (HU slices, volumes) to it and scales it to [0, 1]; 8-bit "
+            "images such as the bundled PNG slices are already windowed and pass unchanged."
         },
     )
     augmentation: str = field(
@@ -240,9 +249,12 @@ def build_processor(model_args, data_args, config, mask_mode):
         except OSError:
             if model_args.image_processor_name:
                 raise
+    window = list(check_window(data_args.window)) if data_args.window else None
     if processor is not None:
         if size:
             processor.size = size
+        if window and hasattr(processor, "window"):
+            processor.window = window
         if hasattr(processor, "mask_mode"):
             processor.mask_mode = mask_mode
         if hasattr(processor, "do_reduce_labels"):
@@ -253,6 +265,8 @@ def build_processor(model_args, data_args, config, mask_mode):
     channels = getattr(config, "num_channels", 3)
     mode = data_args.normalization_mode or ("standard" if channels == 1 else "isic")
     kwargs = {"size": size} if size else {}
+    if window:
+        kwargs["window"] = window
     return hf_medmamba.VMUNetImageProcessor(
         num_channels=channels,
         normalization_mode=mode,
@@ -293,7 +307,8 @@ class SegmentationTransform:
         self.augmentation = augmentation
 
     def __call__(self, batch):
-        images = [to_uint8_array(image) for image in batch[self.image_column]]
+        window = getattr(self.processor, "window", None)
+        images = [to_uint8_array(image, window) for image in batch[self.image_column]]
         masks = [mask_array(mask) for mask in batch[self.mask_column]]
         if self.augmentation is not None:
             pairs = [self.augmentation(i, image=x, mask=m) for i, x, m in zip(batch["example_index"], images, masks)]

@@ -9,6 +9,11 @@ Only PIL and NumPy are used (no torchvision), as transformers' own PIL backend. 
   to {0, 255}; other integer types whose values fit in 0..255 are used as they are, wider ranges are stretched per
   image to 0..255 (min-max); floats within [0, 1] are multiplied by 255, other floats are stretched per image.
   A 3-D array whose first and last axes are both not 1, 3 or 4 is refused as a probable volume.
+- Window: with ``window = (low, high)`` set, data that is not 8-bit (integer types wider than 8 bits, floats: values in
+  modality units such as CT Hounsfield units) is clipped to [low, high] and scaled to 0..255 instead of being
+  stretched per image, whatever its values. 8-bit data (``uint8``, ``bool``, 8-bit PIL modes) is a display image,
+  already windowed, and passes as it is. Pipelines convert every input to 8-bit RGB (transformers' ``load_image``), so
+  a window reaches only data given to the processor directly (arrays, tensors, 16-bit and float PIL images).
 - Channels: with ``convert`` the image is brought to the model's channel count (gray is repeated to RGB; RGB becomes
   gray with ITU-R 601 luma weights, as PIL's ``convert("L")``). Without it the channel count must already match.
 
@@ -40,12 +45,35 @@ def _stretch(array):
     return (array - low) * (255.0 / (high - low))
 
 
-def _to_8bit_scale(array):
-    """Bring an array's values to the 8-bit scale; returns (float32 array, whether it was exactly 8-bit data)."""
+def check_window(window):
+    """``window`` as a (low, high) pair of floats with low < high, or an error that says what to pass."""
+    try:
+        low, high = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be a pair (low, high) of numbers, got {window!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"window must be finite with low < high (for CT in HU e.g. (-125, 275)), got {window!r}.")
+    return low, high
+
+
+def apply_window(array, window):
+    """Clip to ``window = (low, high)`` and scale to [0, 1] (float32)."""
+    low, high = check_window(window)
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ImageInputError("the image contains NaN or infinite values; clean the data before processing.")
+    return np.clip((array.astype(np.float32) - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+
+
+def _to_8bit_scale(array, window=None):
+    """Bring an array's values to the 8-bit scale (windowed when ``window`` is given and the data is not 8-bit);
+    returns (float32 array, whether it was exactly 8-bit data)."""
     if array.dtype == np.uint8:
         return array.astype(np.float32), True
     if array.dtype == np.bool_:
         return array.astype(np.float32) * 255.0, True
+    if window is not None:
+        return apply_window(array, window) * np.float32(255.0), False
     if np.issubdtype(array.dtype, np.integer):
         if array.size and array.min() >= 0 and array.max() <= 255:
             return array.astype(np.float32), True
@@ -129,9 +157,10 @@ def convert_channels(array, num_channels, convert):
     raise ImageInputError(f"cannot convert a {channels}-channel image to {num_channels} channels.")
 
 
-def to_model_array(image, num_channels, convert=True):
-    """An image as a (num_channels, H, W) float32 array on the 8-bit scale, and whether it was 8-bit data."""
-    array, is_8bit = _to_8bit_scale(to_channels_first(image))
+def to_model_array(image, num_channels, convert=True, window=None):
+    """An image as a (num_channels, H, W) float32 array on the 8-bit scale, and whether it was 8-bit data; data that
+    is not 8-bit is windowed to ``window`` when one is given (see the module docstring)."""
+    array, is_8bit = _to_8bit_scale(to_channels_first(image), window)
     return convert_channels(array, num_channels, convert), is_8bit
 
 
@@ -187,9 +216,16 @@ class MedicalImagesKwargs(ImagesKwargs, total=False):
     r"""
     num_channels (`int`, *optional*):
         Channel count of the model's input (1 gray, 3 RGB). With `do_convert_rgb` every image is converted to it.
+    window (`list[float]`, *optional*):
+        Intensity window `[low, high]` in the units of the data (CT: Hounsfield units, e.g. `[-125, 275]`): data that
+        is not 8-bit is clipped to it and scaled to [0, 1] before rescaling and normalisation.
+    do_window (`bool`, *optional*):
+        Whether to apply `window` (when one is set).
     """
 
     num_channels: int
+    window: list[int | float] | tuple[int | float, int | float] | None
+    do_window: bool
 
 
 class MedicalImageProcessor(PilBackend):
@@ -208,6 +244,13 @@ class MedicalImageProcessor(PilBackend):
     do_normalize = True
     do_convert_rgb = True
     num_channels = 3
+    window = None
+    do_window = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.window is not None:
+            self.window = list(check_window(self.window))
 
     def prepare_image(
         self,
@@ -219,10 +262,14 @@ class MedicalImageProcessor(PilBackend):
         resample,
         do_center_crop=None,
         crop_size=None,
+        window=None,
+        do_window=None,
         **kwargs,
     ):
-        """One image as a (num_channels, H, W) float array on the 8-bit scale, resized and cropped if asked."""
-        array, is_8bit = to_model_array(image, num_channels, convert=do_convert_rgb)
+        """One image as a (num_channels, H, W) float array on the 8-bit scale, windowed, resized and cropped if
+        asked."""
+        window = window if do_window else None
+        array, is_8bit = to_model_array(image, num_channels, convert=do_convert_rgb, window=window)
         array, is_8bit = self.adjust_intensity(array, is_8bit, **kwargs)
         if do_resize:
             array = resize_array(array, *output_size(array.shape[1:], size), resample, exact_8bit=is_8bit)

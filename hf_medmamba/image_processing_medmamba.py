@@ -26,6 +26,10 @@ class MedMambaImageProcessor(MedicalImageProcessor):
             Convert every image to `num_channels` channels.
         num_channels (`int`, defaults to 3):
             The model's `config.num_channels`.
+        window (`list[float]`, *optional*), do_window (`bool`, defaults to `True`):
+            Intensity window `[low, high]` in the data's units (CT: Hounsfield units): data that is not 8-bit is
+            clipped to it and scaled to [0, 1] instead of being stretched per image; 8-bit images pass as they are.
+            Saved in `preprocessor_config.json`.
     """
 
     _auto_class = "AutoImageProcessor"

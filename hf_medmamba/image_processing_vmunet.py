@@ -58,6 +58,11 @@ class VMUNetImageProcessor(MedicalImageProcessor):
     - `normalization_mode="standard"`: rescale by `rescale_factor` and normalise with `image_mean`/`image_std`
       (Synapse: mean 0, std 1 on [0, 1] CT slices, 1 channel).
 
+    `window=[low, high]` (the Synapse convention: `[-125, 275]` HU) clips data that is not 8-bit (CT slices in HU as
+    int16 or float arrays) to the window and scales it to [0, 1] before either normalisation; 8-bit images (the bundled
+    PNG slices, already windowed) pass as they are. It is saved in `preprocessor_config.json`; `do_window=False` skips
+    it for one call.
+
     Upstream resized tensors with bilinear interpolation without antialiasing; this processor uses PIL's
     (antialiased) filters, so strongly downscaled inputs come out slightly smoother.
 

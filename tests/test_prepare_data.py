@@ -519,12 +519,12 @@ def test_synapse_from_raw_btcv(tmp_path):
         assert labels.max() <= 8
 
     # the slices are what evaluate_volumes.py makes of the same NIfTI pair (same window, same orientation)
-    slices, _, _, _ = example("evaluate_volumes").load_nifti_case(
-        raw / "RawData/Training/img/img0031.nii.gz", raw / "RawData/Training/label/label0031.nii.gz", (-125, 275)
-    )
+    slices, _, _, _ = example("evaluate_volumes").load_volume_case(
+        raw / "RawData/Training/img/img0031.nii.gz", raw / "RawData/Training/label/label0031.nii.gz", None, (-125, 275)
+    )[:4]
     for z in range(SHAPE[2]):
         png = np.asarray(PIL.Image.open(out / "slices" / "train" / "images" / f"case0031_slice{z:03d}.png"))
-        assert np.array_equal(png, np.rint(slices[z] * 255).astype(np.uint8))
+        assert np.array_equal(png, np.rint(np.asarray(slices[z]) * 255).astype(np.uint8))
 
     # test volumes: the CT as released (same bytes, same affine), labels mapped to 9 classes with the same affine
     images, labels = out / "volumes" / "images", out / "volumes" / "labels"
@@ -643,7 +643,7 @@ def test_evaluate_volumes_reads_prepared_btcv_nifti(tmp_path):
     assert case["spacing"] == pytest.approx([2.5, 0.8, 0.8]) and case["hd95_units"] == "mm"
 
     # the slices written for a test case reach the model as the evaluation's own float slices do
-    slices, _, _, _ = example("evaluate_volumes").load_nifti_case(images[0], labels[0], (-125, 275))
+    slices, _, _, _ = example("evaluate_volumes").load_volume_case(images[0], labels[0], None, (-125, 275))[:4]
     png = np.asarray(PIL.Image.open(tmp_path / "prepared" / "slices" / "test" / "images" / "case0001_slice001.png"))
     from_png = processor(png, return_tensors="pt")["pixel_values"]
     from_volume = processor(slices[1], return_tensors="pt")["pixel_values"]
