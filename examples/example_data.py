@@ -40,6 +40,13 @@ class ImageDataArguments:
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no eval split."}
     )
+    holdout_validation: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate (and choose checkpoints) on a held-out --train_val_split of train even when the dataset "
+            "has a validation or test split: the test split is then only reported (--do_predict), never used to choose."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval examples."})
     max_predict_samples: int | None = field(
@@ -105,10 +112,15 @@ class DataSplits:
 
 
 def split_roles(dataset, data_args, seed):
-    """The named eval split, else the first of validation/valid/val/test, else a held-out part of train; the test
-    split is ``test`` when it exists and is not the eval split (MedMNIST: train / validation / test)."""
+    """The named eval split, else the first of validation/valid/val/test, else (or with ``--holdout_validation``) a
+    held-out part of train; the test split is ``test`` when it exists and is not the eval split (MedMNIST: train /
+    validation / test)."""
     train = dataset.get("train")
     names = [data_args.eval_split_name] if data_args.eval_split_name else list(EVAL_SPLITS)
+    if getattr(data_args, "holdout_validation", False):
+        if data_args.eval_split_name:
+            raise ValueError("--holdout_validation evaluates on a part of train: do not also give --eval_split_name")
+        names = []
     eval_name = next((name for name in names if name in dataset), None)
     if eval_name is None and data_args.eval_split_name:
         raise ValueError(f"no split {data_args.eval_split_name!r} in the dataset (splits: {list(dataset)})")

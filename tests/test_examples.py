@@ -691,3 +691,19 @@ def test_hub_flags_that_cannot_be_honoured_are_refused_before_training(tmp_path,
     with pytest.raises(ValueError, match="'convnext' model is not one"):
         script.main([*base, "--do_train", "--push_to_hub", "--model_type", "convnext"])
     assert fake_hf_api == [] and not (tmp_path / "model.safetensors").exists()  # refused before any work
+
+
+def test_holdout_validation_keeps_the_test_split_for_the_report(tmp_path, datasets_cache):
+    """With --holdout_validation the checkpoint is chosen on a part of train and test is only reported."""
+    out = tmp_path / "seg"
+    results = example("run_semantic_segmentation").main(
+        [
+            "--data_dir", data_dir("busi_seg"), "--config_overrides", TINY_VMUNET, "--recipe", "isic",
+            "--image_size", "32", "--max_steps", "1", "--per_device_train_batch_size", "2", "--num_overlays", "0",
+            "--holdout_validation", "--train_val_split", "0.2", "--do_train", "--do_eval", "--do_predict",
+            *common_args(out, datasets_cache),
+        ]
+    )  # fmt: skip
+    sizes = [results[f"num_{role}_examples"] for role in ("train", "eval", "test")]
+    assert sizes == [60, 15, 20]  # 20 % of the 75 training images held out; all 20 test images only reported
+    assert "test_dsc" in json.loads((out / "all_results.json").read_text())

@@ -1,0 +1,373 @@
+"""Regenerate every number of examples/RESULTS.md: run the trainings behind each table, then rebuild the tables.
+
+    python examples/reproduce.py                                   # every run, then examples/RESULTS.md
+    python examples/reproduce.py --quick --output_dir /tmp/quick   # one seed, a few steps: DIR/RESULTS.md only
+
+Each run is one call of ``examples/run_image_classification.py`` or ``examples/run_semantic_segmentation.py`` in its
+own process, with its seed, writing ``all_results.json`` into ``<output_dir>/runs/<name>``; a run whose
+``all_results.json`` exists is skipped, so an interrupted reproduction resumes where it stopped. The tables (mean ± sd
+over the seeds) are then built only from those JSON files and the run records (``run.json``: the exact command, its
+wall time, machine and versions).
+
+The tables:
+
+- **BreastMNIST** (MedMNIST v2, the official 546 / 78 / 156 split): MedMamba-T, ConvNeXt-T and ResNet-18, from random
+  initialisation, with MedMamba's recipe (Adam 1e-4, batch 32, 100 epochs, RandomResizedCrop + flip, mean/std 0.5) at
+  64 x 64 px; the checkpoint with the best validation accuracy (upstream's rule) is reported on the test split.
+- **BUSI lesion segmentation** (`examples/data/busi_seg`; 20 % of train held out for validation, the test split only
+  reported): VM-UNet (paper configuration), SegFormer-B0 and SegFormer-B2, from random initialisation, with VM-UNet's
+  ISIC recipe (AdamW 1e-3, cosine, flips + rotation) at 128 x 128 px and batch 8, at **equal epochs** (60 each) and
+  at **equal training time**: every model gets the steps that fit in the time VM-UNet's 60 epochs take, from training
+  step times measured in this process (round-robin medians, so a busy machine slows all models alike; stored in
+  ``step_times.json`` so that a resumed reproduction keeps its budgets).
+
+Budgets: runs are fixed in epochs or steps (never in minutes, so that a busy machine changes their wall time but not
+their numbers); each full run takes at most about 20 minutes on this project's 2-core CPU, and the whole reproduction
+about 4.5 hours (the tables state the wall time of every run).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+EXAMPLES = Path(__file__).resolve().parent
+REPO = EXAMPLES.parent
+RESULTS_FILE = EXAMPLES / "RESULTS.md"
+SEEDS = (0, 1, 2)
+
+BREASTMNIST = str(Path("examples") / "data" / "medmnist" / "breastmnist.npz")
+BUSI_SEG = str(Path("examples") / "data" / "busi_seg")
+RESNET18 = '{"layer_type": "basic", "depths": [2, 2, 2, 2], "hidden_sizes": [64, 128, 256, 512]}'
+SEGFORMER_B2 = '{"depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768}'
+
+CLASSIFIERS = {  # label -> model arguments
+    "MedMamba-T (ours)": ["--preset", "medmamba-t"],
+    "ConvNeXt-T (transformers)": ["--model_type", "convnext"],
+    "ResNet-18 (transformers)": ["--model_type", "resnet", "--config_overrides", RESNET18],
+}
+SEGMENTERS = {
+    "VM-UNet, paper configuration (ours)": ["--preset", "vmunet-paper"],
+    "SegFormer-B0 (transformers)": ["--model_type", "segformer"],
+    "SegFormer-B2 (transformers)": ["--model_type", "segformer", "--config_overrides", SEGFORMER_B2],
+}
+EQUAL_EPOCHS = 60
+SEG_BATCH, SEG_SIZE, SEG_TRAIN_IMAGES = 8, 128, 60  # 80 % of busi_seg's 75 training images
+
+
+@dataclass
+class Run:
+    name: str  # folder under runs/
+    table: str
+    model: str
+    seed: int
+    script: str
+    args: list = field(default_factory=list)
+    protocol: str = ""
+
+
+def classification_runs(seeds, quick):
+    common = ["--medmnist_file", BREASTMNIST, "--recipe", "medmamba", "--image_size", "32" if quick else "64"]
+    common += ["--do_train", "--do_eval", "--do_predict", "--eval_strategy", "epoch", "--save_strategy", "epoch"]
+    common += ["--save_total_limit", "1", "--save_only_model", "True", "--load_best_model_at_end"]
+    common += ["--metric_for_best_model", "accuracy", "--logging_strategy", "epoch", "--per_device_eval_batch_size"]
+    common += ["64"]
+    if quick:
+        common += ["--max_steps", "2", "--max_eval_samples", "16", "--max_predict_samples", "16"]
+    runs = []
+    for label, model in CLASSIFIERS.items():
+        slug = label.split(" ")[0].lower()
+        for seed in seeds:
+            runs.append(Run(f"breastmnist/{slug}/seed{seed}", "breastmnist", label, seed,
+                            "run_image_classification.py", [*model, *common]))  # fmt: skip
+    return runs
+
+
+def segmentation_runs(seeds, quick, steps=None):
+    """Equal-epoch runs, and with ``steps`` ({label: optimiser steps}) the equal-time runs of the other models."""
+    common = ["--data_dir", BUSI_SEG, "--recipe", "isic", "--holdout_validation", "--train_val_split", "0.2"]
+    common += ["--image_size", str(64 if quick else SEG_SIZE), "--per_device_train_batch_size", str(SEG_BATCH)]
+    common += ["--do_train", "--do_eval", "--do_predict", "--eval_strategy", "epoch", "--save_strategy", "epoch"]
+    common += ["--save_total_limit", "1", "--save_only_model", "True", "--load_best_model_at_end"]
+    common += ["--metric_for_best_model", "dsc", "--logging_strategy", "epoch", "--num_overlays", "0"]
+    if quick:
+        common += ["--max_eval_samples", "4", "--max_predict_samples", "4"]
+    runs = []
+    for label, model in SEGMENTERS.items():
+        slug = label.split(",")[0].split(" ")[0].lower()
+        for seed in seeds:
+            budget = ["--max_steps", "2"] if quick else ["--num_train_epochs", str(EQUAL_EPOCHS)]
+            runs.append(Run(f"busi_seg/equal_epochs/{slug}/seed{seed}", "segmentation", label, seed,
+                            "run_semantic_segmentation.py", [*model, *common, *budget], "equal epochs"))  # fmt: skip
+            if steps is not None and not label.startswith("VM-UNet"):  # VM-UNet's equal-time run is its own
+                budget = ["--max_steps", str(steps[label]), "--num_train_epochs", "100000"]
+                runs.append(Run(f"busi_seg/equal_time/{slug}/seed{seed}", "segmentation", label, seed,
+                                "run_semantic_segmentation.py", [*model, *common, *budget], "equal time"))  # fmt: skip
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Step times for the equal-time budget
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_segmenter(label):
+    import transformers
+
+    import hf_medmamba
+
+    if label.startswith("VM-UNet"):
+        return hf_medmamba.VMUNetForSegmentation(hf_medmamba.VMUNetConfig.from_preset("vmunet-paper"))
+    overrides = json.loads(SEGFORMER_B2) if "B2" in label else {}
+    config = transformers.SegformerConfig(num_labels=2, **overrides)
+    return transformers.SegformerForSemanticSegmentation(config)
+
+
+def measure_step_times(size, batch, rounds):
+    """Seconds per training step (forward, backward, AdamW) of each segmenter: medians over ``rounds`` round-robin
+    rounds after one warm-up step each."""
+    import torch
+
+    torch.manual_seed(0)
+    models = {label: build_segmenter(label).train() for label in SEGMENTERS}
+    optimisers = {label: torch.optim.AdamW(model.parameters(), lr=1e-3) for label, model in models.items()}
+    pixels = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, 2, (batch, size, size))
+
+    def step(label):
+        optimisers[label].zero_grad()
+        models[label](pixel_values=pixels, labels=labels).loss.backward()
+        optimisers[label].step()
+
+    times = {label: [] for label in models}
+    for label in models:
+        step(label)
+    for _ in range(rounds):
+        for label in models:
+            start = time.perf_counter()
+            step(label)
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def equal_time_steps(step_times, quick):
+    """Optimiser steps of each model in the time of VM-UNet's equal-epoch run."""
+    vmunet = next(label for label in SEGMENTERS if label.startswith("VM-UNet"))
+    vmunet_steps = 2 if quick else EQUAL_EPOCHS * -(-SEG_TRAIN_IMAGES // SEG_BATCH)
+    budget = vmunet_steps * step_times[vmunet]
+    return {label: max(1, round(budget / seconds)) for label, seconds in step_times.items()}, budget
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def machine():
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def command(run, output_dir):
+    return [sys.executable, str(EXAMPLES / run.script), *run.args, "--seed", str(run.seed),
+            "--output_dir", str(output_dir), "--disable_tqdm", "True"]  # fmt: skip
+
+
+def execute(run, root, log):
+    """Run ``run`` unless its ``all_results.json`` exists; record the command, wall time, machine and versions."""
+    folder = root / "runs" / run.name
+    if (folder / "all_results.json").is_file():
+        log(f"skip {run.name} (all_results.json exists)")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = command(run, folder)
+    log(f"run  {run.name}")
+    start = time.time()
+    with open(folder / "log.txt", "w") as out:
+        status = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+    wall = time.time() - start
+    if status != 0:
+        raise RuntimeError(f"{run.name} failed (exit status {status}); see {folder / 'log.txt'}")
+    record = {"name": run.name, "command": cmd[1:], "wall_seconds": wall, "machine": machine(), "seed": run.seed}
+    (folder / "run.json").write_text(json.dumps(record, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load(root, run):
+    folder = root / "runs" / run.name
+    results = json.loads((folder / "all_results.json").read_text())
+    record = json.loads((folder / "run.json").read_text())
+    state = json.loads((folder / "trainer_state.json").read_text()) if (folder / "trainer_state.json").is_file() else {}
+    return results, record, state
+
+
+def mean_sd(values, scale=100.0, digits=1):
+    values = [scale * v for v in values]
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def breastmnist_table(root, runs):
+    lines = [
+        "| model | test OA (%) | test AUC | test macro F1 (%) | validation OA of the chosen checkpoint (%) | "
+        "optimiser steps | wall time per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in CLASSIFIERS:
+        rows = [load(root, r) for r in runs if r.model == label]
+        results = [r for r, _, _ in rows]
+        lines.append(
+            f"| {label} | {mean_sd([r['test_accuracy'] for r in results])} | "
+            f"{mean_sd([r['test_auc'] for r in results], scale=1.0, digits=3)} | "
+            f"{mean_sd([r['test_f1'] for r in results])} | "
+            f"{mean_sd([state.get('best_metric', float('nan')) for _, _, state in rows])} | "
+            f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))} | "
+            f"{statistics.fmean(rec['wall_seconds'] for _, rec, _ in rows) / 60:.1f} min |"
+        )
+    return lines
+
+
+def segmentation_table(root, runs, protocol, steps=None):
+    lines = [
+        "| model | test DSC (%) | test mIoU (%) | test mean per-image Dice (%) | optimiser steps | wall time per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in SEGMENTERS:
+        chosen = [r for r in runs if r.model == label and r.protocol == protocol]
+        if protocol == "equal time" and label.startswith("VM-UNet"):
+            chosen = [r for r in runs if r.model == label and r.protocol == "equal epochs"]
+        rows = [load(root, r) for r in chosen]
+        results = [r for r, _, _ in rows]
+        lines.append(
+            f"| {label} | {mean_sd([r['test_dsc'] for r in results])} | {mean_sd([r['test_miou'] for r in results])} | "
+            f"{mean_sd([r['test_mean_image_dice'] for r in results])} | "
+            f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))} | "
+            f"{statistics.fmean(rec['wall_seconds'] for _, rec, _ in rows) / 60:.1f} min |"
+        )
+    return lines
+
+
+def tables(root, runs, timing, quick):
+    """The markdown of every table, built from the runs' JSON files."""
+    first = json.loads((root / "runs" / runs[0].name / "run.json").read_text())
+    m = first["machine"]
+    total = sum(json.loads((root / "runs" / r.name / "run.json").read_text())["wall_seconds"] for r in runs)
+    cls = [r for r in runs if r.table == "breastmnist"]
+    seg = [r for r in runs if r.table == "segmentation"]
+    seeds = sorted({r.seed for r in runs})
+    out = [
+        "## Reproduction summary",
+        "",
+        f"Built by `python examples/reproduce.py{' --quick' if quick else ''}` from the `all_results.json` of "
+        f"{len(runs)} runs (seeds {', '.join(map(str, seeds))}; mean ± sample sd over the seeds). Machine: {m['cpu']}, "
+        f"{m['logical_cpus']} logical CPUs, Python {m['python']}, torch {m['torch']}, transformers "
+        f"{m['transformers']}. Total wall time of the runs: {total / 3600:.2f} h.",
+        "",
+        "### BreastMNIST (test split; checkpoint chosen on the validation split)",
+        "",
+        *breastmnist_table(root, cls),
+        "",
+        "### BUSI lesion segmentation, equal epochs (test split; checkpoint chosen on 20 % of train held out)",
+        "",
+        *segmentation_table(root, seg, "equal epochs"),
+        "",
+        "### BUSI lesion segmentation, equal training time",
+        "",
+        f"Training step times (s, batch {SEG_BATCH}, round-robin medians): "
+        + ", ".join(f"{label.split(',')[0]} {seconds:.3f}" for label, seconds in timing["step_seconds"].items())
+        + f"; budget {timing['budget_seconds'] / 60:.1f} min of training steps (VM-UNet's equal-epoch run).",
+        "",
+        *segmentation_table(root, seg, "equal time"),
+        "",
+        "Commands (each run also adds `--seed S --output_dir DIR --disable_tqdm True`):",
+        "",
+        "```bash",
+    ]
+    seen = set()
+    for run in runs:
+        key = (run.model, run.protocol, run.table)
+        if key not in seen:
+            seen.add(key)
+            out.append("python examples/" + run.script + " " + " ".join(_quote(a) for a in run.args))
+    out += ["```", ""]
+    return "\n".join(out)
+
+
+BEGIN, END = "<!-- reproduce.py: begin -->", "<!-- reproduce.py: end -->"
+
+
+def write_section(path, text):
+    """Replace the generated section of ``path`` (between the BEGIN and END markers) by ``text``."""
+    current = path.read_text()
+    if BEGIN not in current or END not in current:
+        raise ValueError(f"{path} has no generated section ({BEGIN} ... {END})")
+    head, rest = current.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def _quote(arg):
+    return f"'{arg}'" if any(c in arg for c in ' {}"[],') else arg
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", default="outputs/reproduce", help="Where the runs and their tables go.")
+    parser.add_argument("--quick", action="store_true", help="One seed and a few steps per run (<= 2 min in all).")
+    args = parser.parse_args(argv)
+    root = Path(args.output_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = SEEDS[:1] if args.quick else SEEDS
+
+    def log(message):
+        print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    timing_file = root / "step_times.json"
+    if timing_file.is_file():
+        timing = json.loads(timing_file.read_text())
+    else:
+        log("measuring training step times of the segmenters")
+        step_seconds = measure_step_times(64 if args.quick else SEG_SIZE, SEG_BATCH, 1 if args.quick else 5)
+        steps, budget = equal_time_steps(step_seconds, args.quick)
+        timing = {"step_seconds": step_seconds, "steps": steps, "budget_seconds": budget}
+        timing_file.write_text(json.dumps(timing, indent=1))
+    runs = classification_runs(seeds, args.quick) + segmentation_runs(seeds, args.quick, timing["steps"])
+    for run in runs:
+        execute(run, root, log)
+    text = tables(root, runs, timing, args.quick)
+    (root / "RESULTS.md").write_text(text)
+    log(f"tables written to {root / 'RESULTS.md'}")
+    if not args.quick:  # the full reproduction's tables are examples/RESULTS.md's generated section
+        write_section(RESULTS_FILE, text)
+        log(f"tables written into {RESULTS_FILE}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
