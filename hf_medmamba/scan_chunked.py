@@ -1,7 +1,8 @@
 """The chunked backend: a two-level chunked selective scan in pure PyTorch with a hand-written backward.
 
 It runs on any device and is what ``"auto"`` falls back to where no compiled kernel runs (Hub folders loaded as
-remote code without the package, Apple MPS, Windows, GPUs without mamba-ssm).
+remote code without the package, Apple MPS, Windows, GPUs without mamba-ssm or Triton). Its forward and backward are
+operators of the package's custom-op scheme (`scan_ops`): `torch.compile` treats each as one node.
 """
 
 import math
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .scan_common import LOG_DECAY_FLOOR, skip_and_gate, step_sizes
+from .scan_ops import custom_op
 
 
 # Elements of one block buffer of the chunked scan (4 MiB in float32). It bounds the extra memory of a call.
@@ -213,29 +215,60 @@ def _chunked_backward(lay, start, grad_y, grad_last):
     return grad_dtu, grad_dt_a, grad_A.transpose(1, 2).reshape(lay.d, lay.n), grad_B, grad_C
 
 
-class _ChunkedScanFunction(torch.autograd.Function):
-    """y_core = <h_t, C_t> and h_L for given dt (softplus, bias, D and z are handled by autograd around it)."""
+def _forward_fake(u, dt, A, B, C):
+    b, d, L = u.shape
+    g, n = B.shape[1], B.shape[2]
+    if isinstance(L, int):
+        nc = -(-L // _chunk_length(L))
+    else:  # a symbolic length (dynamic shapes): the number of chunks is only known when the op runs
+        nc = torch.library.get_ctx().new_dynamic_size()
+    return u.new_empty(b, d, L), u.new_empty(b, d, n), u.new_empty(b, g, nc, n, d // g)
 
-    @staticmethod
-    def forward(ctx, u, dt, A, B, C):
-        lay = _ChunkLayout(u, dt, A, B, C)
-        y, last, start = _chunked_forward(lay)
-        ctx.save_for_backward(u, dt, A, B, C, start)
-        return y, last
 
-    @staticmethod
-    def backward(ctx, grad_y, grad_last):
-        u, dt, A, B, C, start = ctx.saved_tensors
-        lay = _ChunkLayout(u, dt, A, B, C)
-        grad_dtu, grad_dt_a, grad_A, grad_B, grad_C = _chunked_backward(lay, start, grad_y.contiguous(), grad_last)
-        grad_u = grad_dtu * dt
-        grad_dt = grad_dtu * u + grad_dt_a
-        return grad_u, grad_dt, grad_A, grad_B, grad_C
+def _backward_fake(u, dt, A, B, C, start, grad_y, grad_last):
+    return [torch.empty_like(t) for t in (u, dt, A, B, C)]
+
+
+@custom_op("chunked_scan_backward", fake=_backward_fake)
+def _chunked_scan_backward(
+    u: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    start: torch.Tensor,
+    grad_y: torch.Tensor,
+    grad_last: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Gradients of u, dt, A, B and C of `_chunked_scan_forward` (see `_chunked_backward`)."""
+    lay = _ChunkLayout(u, dt, A, B, C)
+    grad_dtu, grad_dt_a, grad_A, grad_B, grad_C = _chunked_backward(lay, start, grad_y.contiguous(), grad_last)
+    return [grad_dtu * dt, grad_dtu * u + grad_dt_a, grad_A, grad_B.contiguous(), grad_C.contiguous()]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output[2])
+
+
+def _backward(ctx, grad_y, grad_last, _):
+    u, dt, A, B, C, start = ctx.saved_tensors
+    return tuple(_chunked_scan_backward(u, dt, A, B, C, start, grad_y, grad_last))
+
+
+@custom_op("chunked_scan_forward", fake=_forward_fake, autograd=(_backward, _setup_context))
+def _chunked_scan_forward(
+    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y_core = <h_t, C_t> (b, d, L), h_L (b, d, n) and the chunk start states a backward needs, for given step sizes
+    ``dt`` (softplus, bias, D and z are applied around it). An operator, so that `torch.compile` sees one node, not
+    the Python loops inside."""
+    y, last, start = _chunked_forward(_ChunkLayout(u, dt, A, B, C))
+    return y.contiguous(), last.contiguous(), start
 
 
 def scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     """``(y, h_L)`` for compute-dtype inputs with grouped ``B``, ``C`` (b, g, n, L) (see `scan_common`)."""
     u, A, B, C = (t.contiguous() for t in (u, A, B, C))
     dt = step_sizes(delta.contiguous(), delta_bias, delta_softplus).contiguous()
-    y, last = _ChunkedScanFunction.apply(u, dt, A, B, C)
+    y, last, _ = _chunked_scan_forward(u, dt, A, B, C)
     return skip_and_gate(y, u, D, z), last

@@ -9,6 +9,8 @@ can both load in one process (and on torch 2.13 a second definition would silent
 reuses an operator that exists with the same schema and raises a clear error when the schema differs.
 """
 
+import contextlib
+
 import torch
 
 
@@ -49,3 +51,16 @@ def custom_op(name, fake, autograd=None, mutates_args=()):
         return existing_op(name)
 
     return define
+
+
+@contextlib.contextmanager
+def autograd_inside_op():
+    """Autograd inside an operator's implementation, which the dispatcher runs below autograd: for a backward that
+    runs a kernel's own autograd function again (mamba-ssm keeps its intermediate states inside it)."""
+    keys = torch._C.DispatchKey
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (keys.AutogradOther, keys.AutogradNestedTensor, keys.AutogradCPU, keys.AutogradCUDA):
+        exclude = exclude.remove(key)
+    include = torch._C._dispatch_tls_local_include_set()
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield

@@ -86,6 +86,7 @@ def _available(backend):
     return cpu_kernel() is not None
 
 
+@torch.compiler.assume_constant_result  # a compiled model bakes the choice in (it guards on config.scan_backend)
 def resolve_scan_backend(backend="auto", device="cpu"):
     """The backend a call on ``device`` runs with (the rule is in the module docstring)."""
     backend = backend or "auto"

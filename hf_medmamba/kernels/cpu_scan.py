@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 from ..scan_backends import KERNEL_INTERFACE  # noqa: F401  (the dispatch checks the installed loader's version)
+from ..scan_ops import custom_op
 
 
 logger = logging.get_logger(__name__)
@@ -152,6 +153,10 @@ class _Library:
             raise RuntimeError(f"the CPU scan kernel refused the call (status {status}): {shape}")
 
 
+# Libraries the operators can call, by index: the operators' arguments are tensors and numbers, not Python objects.
+_LIBRARIES = []
+
+
 def _input_fields(walk, merge, u, delta, A, bc, D, delta_bias, softplus, nonpositive, n_pad):
     """The `ScanArgs` input fields both passes share (B and C are the two halves of each row of ``bc``)."""
     return {
@@ -169,62 +174,134 @@ def _input_fields(walk, merge, u, delta, A, bc, D, delta_bias, softplus, nonposi
     }
 
 
-class _FusedScanFunction(torch.autograd.Function):
-    """The kernel with autograd. ``walk`` is None for plain scans and (walk table, merge order) for SS2D scans.
+def _shape(delta, A, bc, height, width):
+    b, d, L = delta.shape
+    return {"b": b, "d": d, "L": L, "n_pad": A.shape[1], "g": bc.shape[1], "bc_stride": bc.shape[3]} | {
+        "height": height,
+        "width": width,
+    }
 
-    Plain: y = <h_t, C_t> + D u_t (b, d, L) and h_L. SS2D: y (b, d / 4, L) summed over the four directions. B and C
-    are views into one (b, g, L, stride) tensor ``bc`` whose rows hold B's n_pad values, then C's. Every tensor passed
-    to the kernel is held by a local name for the whole call (a temporary would be freed once its pointer is taken).
-    """
 
-    @staticmethod
-    def forward(ctx, library, grid, walk, u, delta, A, bc, D, delta_bias, softplus):
-        b, d, L = delta.shape
-        g, n_pad, stride = bc.shape[1], A.shape[1], bc.shape[3]
-        height, width = grid or (0, 0)
-        shape = {"b": b, "d": d, "L": L, "n_pad": n_pad, "g": g, "bc_stride": stride, "height": height, "width": width}
-        y = torch.empty_like(u)
-        last = None if grid else u.new_empty(b, d, n_pad)
-        needs_grad = any(ctx.needs_input_grad[3:9])
-        checkpoints = u.new_empty(b, d, -(-L // library.segment), n_pad) if needs_grad else None
-        # With softplus dt >= 0, so A <= 0 makes every exp argument <= 0 and the kernel skips a clamp.
-        nonpositive = int(softplus and bool((A <= 0).all()))
-        walk_table, merge = walk if grid else (None, None)
-        inputs = _input_fields(walk_table, merge, u, delta, A, bc, D, delta_bias, softplus, nonpositive, n_pad)
-        threads = torch.get_num_threads()
-        library.call("forward", **shape, **inputs, threads=threads, y=y, last=last, checkpoints=checkpoints)
-        ctx.library, ctx.shape, ctx.softplus, ctx.nonpositive = library, shape, softplus, nonpositive
-        ctx.save_for_backward(u, delta, A, bc, D, delta_bias, checkpoints, walk_table, merge)
-        return y if grid else (y, last)
+def _nonpositive(A, softplus):
+    """1 when every exp argument is known to be <= 0 (softplus makes dt >= 0; A <= 0): the kernel skips a clamp."""
+    return int(softplus and bool((A <= 0).all()))
 
-    @staticmethod
-    def backward(ctx, grad_y, grad_last=None):
-        u, delta, A, bc, D, delta_bias, checkpoints, walk_table, merge = ctx.saved_tensors
-        b, d, n_pad = delta.shape[0], delta.shape[1], A.shape[1]
-        threads = torch.get_num_threads()
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dA, dD, dbias = u.new_empty(b, d, n_pad), u.new_empty(b, d), u.new_empty(b, d)
-        dbc = u.new_zeros(threads, *bc.shape)
-        dy = grad_y.contiguous()
-        dlast = None if grad_last is None else grad_last.contiguous()
-        inputs = _input_fields(walk_table, merge, u, delta, A, bc, D, delta_bias, ctx.softplus, ctx.nonpositive, n_pad)
-        grads = {"du": du, "ddelta": ddelta, "dA_part": dA, "dD_part": dD, "dbias_part": dbias}
-        grads.update(dB_part=dbc, dC_part=dbc[..., n_pad:])
-        ctx.library.call(
-            "backward", **ctx.shape, **inputs, threads=threads, checkpoints=checkpoints, dy=dy, dlast=dlast, **grads
-        )
-        return (
-            None,
-            None,
-            None,
-            du,
-            ddelta,
-            dA.sum(0),
-            dbc.sum(0),
-            None if D is None else dD.sum(0),
-            None if delta_bias is None else dbias.sum(0),
-            None,
-        )
+
+def _merge_table(walk, merge):
+    return None if walk is None else torch.tensor(merge, dtype=torch.int64)
+
+
+def _forward_fake(u, delta, A, bc, D, delta_bias, walk, merge, library, height, width, softplus, save_checkpoints):
+    b, d, L = delta.shape
+    n_pad, segment = A.shape[1], _LIBRARIES[library].segment
+    checkpoints = (b, d, -(-L // segment), n_pad) if save_checkpoints else (0,)
+    return torch.empty_like(u), u.new_empty((0,) if height else (b, d, n_pad)), u.new_empty(checkpoints)
+
+
+def _backward_fake(u, delta, A, bc, D, delta_bias, walk, merge, checkpoints, dy, dlast, library, height, width,
+                   softplus):  # fmt: skip
+    optional = [u.new_empty((0,) if t is None else t.shape) for t in (D, delta_bias)]
+    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(bc), *optional]
+
+
+@custom_op("cpu_scan_backward", fake=_backward_fake)
+def _scan_backward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    bc: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    walk: torch.Tensor | None,
+    merge: list[int],
+    checkpoints: torch.Tensor,
+    dy: torch.Tensor,
+    dlast: torch.Tensor | None,
+    library: int,
+    height: int,
+    width: int,
+    softplus: bool,
+) -> list[torch.Tensor]:
+    """Gradients of u, delta, A, bc, D and delta_bias (empty for an absent input) of `_scan_forward`."""
+    lib = _LIBRARIES[library]
+    b, d, n_pad = delta.shape[0], delta.shape[1], A.shape[1]
+    threads = torch.get_num_threads()
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dA, dD, dbias = u.new_empty(b, d, n_pad), u.new_empty(b, d), u.new_empty(b, d)
+    dbc = u.new_zeros(threads, *bc.shape)  # per-thread partials, summed below
+    dy = dy.contiguous()
+    dlast = None if dlast is None else dlast.contiguous()
+    merge_table = _merge_table(walk, merge)
+    inputs = _input_fields(walk, merge_table, u, delta, A, bc, D, delta_bias, softplus, _nonpositive(A, softplus),
+                           n_pad)  # fmt: skip
+    grads = {"du": du, "ddelta": ddelta, "dA_part": dA, "dD_part": dD, "dbias_part": dbias}
+    grads.update(dB_part=dbc, dC_part=dbc[..., n_pad:])
+    lib.call(
+        "backward", **_shape(delta, A, bc, height, width), **inputs, threads=threads, checkpoints=checkpoints, dy=dy,
+        dlast=dlast, **grads,
+    )  # fmt: skip
+    optional = [u.new_empty(0) if t is None else g.sum(0) for t, g in ((D, dD), (delta_bias, dbias))]
+    return [du, ddelta, dA.sum(0), dbc.sum(0), *optional]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, bc, D, delta_bias, walk, merge, library, height, width, softplus, _ = inputs
+    ctx.save_for_backward(u, delta, A, bc, D, delta_bias, walk, output[2])
+    ctx.settings = (merge, library, height, width, softplus)
+
+
+def _backward(ctx, dy, dlast, _):
+    u, delta, A, bc, D, delta_bias, walk, checkpoints = ctx.saved_tensors
+    merge, library, height, width, softplus = ctx.settings
+    if checkpoints.numel() == 0:
+        raise RuntimeError("CPU scan: the forward ran without saving checkpoints (no input required gradients).")
+    dlast = None if height else dlast
+    du, ddelta, dA, dbc, dD, dbias = _scan_backward(
+        u, delta, A, bc, D, delta_bias, walk, merge, checkpoints, dy, dlast, library, height, width, softplus
+    )
+    return du, ddelta, dA, dbc, dD if D is not None else None, dbias if delta_bias is not None else None, *[None] * 7
+
+
+@custom_op("cpu_scan_forward", fake=_forward_fake, autograd=(_backward, _setup_context))
+def _scan_forward(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    bc: torch.Tensor,
+    D: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    walk: torch.Tensor | None,
+    merge: list[int],
+    library: int,
+    height: int,
+    width: int,
+    softplus: bool,
+    save_checkpoints: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (plain: y = <h_t, C_t> + D u_t, (b, d, L); SS2D with ``height`` > 0: (b, d / 4, L) summed over the four
+    directions walked by ``walk`` and added in ``merge`` order), the last state (plain only; else empty) and the
+    checkpoints a backward needs (empty unless ``save_checkpoints``). B and C are the two halves of ``bc``'s rows."""
+    lib = _LIBRARIES[library]
+    y, last, checkpoints = _forward_fake(u, delta, A, bc, D, delta_bias, walk, merge, library, height, width, softplus,
+                                         save_checkpoints)  # fmt: skip
+    merge_table = _merge_table(walk, merge)  # held for the whole call: the kernel reads it through a pointer
+    inputs = _input_fields(walk, merge_table, u, delta, A, bc, D, delta_bias, softplus, _nonpositive(A, softplus),
+                           A.shape[1])  # fmt: skip
+    lib.call(
+        "forward",
+        **_shape(delta, A, bc, height, width),
+        **inputs,
+        threads=torch.get_num_threads(),
+        y=y,
+        last=last if last.numel() else None,
+        checkpoints=checkpoints if checkpoints.numel() else None,
+    )
+    return y, last, checkpoints
+
+
+def _needs_checkpoints(*tensors):
+    """Whether the forward must keep checkpoints for a backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _pack_bc(B, C, n_pad):
@@ -240,6 +317,8 @@ class CpuScan:
     def __init__(self, library):
         self.library = library
         self.max_state = library.max_state
+        _LIBRARIES.append(library)
+        self.library_id = len(_LIBRARIES) - 1
 
     def _prepare(self, u, delta, A, B, C, D, delta_bias):
         n = A.shape[-1]
@@ -253,15 +332,18 @@ class CpuScan:
         """``(y, h_L)`` without the ``z`` gate: y = <h_t, C_t> + D u_t."""
         n = A.shape[-1]
         args = self._prepare(u, delta, A, B, C, D, delta_bias)
-        y, last = _FusedScanFunction.apply(self.library, None, None, *args, bool(delta_softplus))
+        save = _needs_checkpoints(*args)
+        y, last, _ = _scan_forward(*args, None, [], self.library_id, 0, 0, bool(delta_softplus), save)
         return y, last[..., :n]
 
     def cross_scan(self, u, delta, A, B, C, D, delta_bias, height, width, walk, merge_order):
         """SS2D's four-direction scan on pixel-ordered inputs (contract of `selective_scan.cross_selective_scan`),
         walking direction k by ``walk[k]`` (the pixel of each step) and summing the four in ``merge_order``."""
-        tables = (walk.to(torch.int64).contiguous(), torch.tensor(merge_order, dtype=torch.int64))
         args = self._prepare(u, delta, A, B, C, D, delta_bias)
-        return _FusedScanFunction.apply(self.library, (height, width), tables, *args, True)
+        walk = walk.to(torch.int64).contiguous()
+        save = _needs_checkpoints(*args)
+        y, _, _ = _scan_forward(*args, walk, list(merge_order), self.library_id, height, width, True, save)
+        return y
 
 
 @lru_cache(maxsize=1)
