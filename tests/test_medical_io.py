@@ -10,13 +10,22 @@ from types import SimpleNamespace
 import numpy as np
 import PIL.Image
 import pytest
-import torch
-from transformers import AutoModelForSemanticSegmentation
-from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from hf_medmamba import VMUNetImageProcessor
 
-from .conftest import TINY_VMUNET, data_path, example
+from .conftest import data_path, example
+from .medical_helpers import (
+    COLUMN,
+    NORMAL,
+    ORIGIN,
+    ROW,
+    SPACING,
+    STEP,
+    ThresholdModel,
+    reoriented_copies,
+    synthetic_series,
+    write_dicom,
+)
 
 
 nibabel = pytest.importorskip("nibabel")
@@ -25,24 +34,6 @@ pytest.importorskip("monai")
 medical_io = importlib.import_module("hf_medmamba.tools.medical_io")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
-
-
-@pytest.fixture(scope="module")
-def ct_model(tmp_path_factory):
-    """A tiny VM-UNet trained for a few steps on the bundled CT slices with the synapse recipe, and its processor."""
-    root = tmp_path_factory.mktemp("ct_model")
-    example("run_semantic_segmentation").main(
-        [
-            "--data_dir", str(data_path("ct_abdomen_organs", "slices")), "--config_overrides", TINY_VMUNET,
-            "--recipe", "synapse", "--image_size", "64", "--max_train_samples", "8", "--do_train",
-            "--num_overlays", "0", "--max_steps", "3", "--per_device_train_batch_size", "4",
-            "--output_dir", str(root / "model"), "--cache_dir", str(root / "cache"), "--disable_tqdm", "True",
-            "--seed", "0",
-        ]
-    )  # fmt: skip
-    folder = root / "model"
-    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
-    return folder, model, AutoImageProcessor.from_pretrained(folder)
 
 
 def cli_path(model, processor, source, output, axis=2):
@@ -100,25 +91,6 @@ def test_ct_volume_reaches_the_model_as_the_training_slices_and_matches_evaluate
     assert np.asarray(cli_mask.dataobj).max() > 0  # something was segmented, so the comparison means something
 
 
-def reoriented_copies(path, folder):
-    """The same anatomy with other voxel orders: x flipped (LAS), and axes permuted with z reversed."""
-    image = nibabel.load(path)
-    data, affine = np.asarray(image.dataobj), image.affine
-    nx, _, nz = data.shape
-    flip_x = np.array([[-1, 0, 0, nx - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
-    # new voxel (i, j, k) is old voxel (j, k, nz - 1 - i)
-    permute = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [-1, 0, 0, nz - 1], [0, 0, 0, 1]], dtype=float)
-    copies = {
-        "las": (data[::-1], affine @ flip_x),
-        "permuted": (data.transpose(2, 0, 1)[::-1], affine @ permute),
-    }
-    paths = {}
-    for name, (array, new_affine) in copies.items():
-        paths[name] = folder / f"{name}.nii.gz"
-        nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(array), new_affine), paths[name])
-    return paths
-
-
 def test_reoriented_header_gives_the_same_masks_in_world_space(ct_model, tmp_path):
     _, model, processor = ct_model
     ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
@@ -142,73 +114,6 @@ def test_reoriented_header_gives_the_same_masks_in_world_space(ct_model, tmp_pat
 # ---------------------------------------------------------------------------------------------------------------------
 # DICOM
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def write_dicom(path, pixels, series_uid, **attributes):
-    """A single-frame signed 16-bit CT DICOM file with the given attributes."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.Modality = series_uid, "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    for name, value in attributes.items():
-        setattr(ds, name, value)
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-# A coronal series: rows run along patient x (left), columns from head to feet, slices step 2.5 mm towards posterior.
-ROW, COLUMN = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0])  # LPS direction cosines
-NORMAL = np.cross(ROW, COLUMN)  # (0, 1, 0): posterior
-ORIGIN, STEP, SPACING = np.array([-50.0, -60.0, 30.0]), 2.5, (0.8, 0.7)  # PixelSpacing: row spacing, column spacing
-
-
-def synthetic_series(folder, slope=2.0, intercept=-1000.0, skip=None):
-    """Four 20 x 24 slices written in shuffled file order with reversed Instance Numbers, a 300 HU box and a 0 HU box in
-    -1000 HU air; returns the stored-position-ordered HU slices (slice, row, column)."""
-    from pydicom.uid import generate_uid
-
-    hu = np.full((4, 20, 24), -1000.0)
-    hu[1:3, 5:10, 10:16] = 300.0
-    hu[0, 12:15, 2:6] = 0.0
-    stored = np.rint((hu - intercept) / slope)
-    folder.mkdir(parents=True, exist_ok=True)
-    series = generate_uid()
-    for rank, k in enumerate([2, 0, 3, 1]):
-        if k == skip:
-            continue
-        write_dicom(
-            folder / f"im{rank}.dcm", stored[k], series, InstanceNumber=4 - k,
-            ImagePositionPatient=[float(v) for v in ORIGIN + NORMAL * STEP * k],
-            ImageOrientationPatient=[float(v) for v in (*ROW, *COLUMN)], PixelSpacing=list(SPACING),
-            RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=40, WindowWidth=400,
-        )  # fmt: skip
-    (folder / "notes.txt").write_text("not a DICOM file")
-    return hu
-
-
-class ThresholdModel(torch.nn.Module):
-    """A stand-in segmenter whose masks are known: class 1 where the (windowed) input is above 0.5."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    device = property(lambda self: self.anchor.device)
-    dtype = property(lambda self: self.anchor.dtype)
-
-    def forward(self, pixel_values):
-        x = pixel_values[:, :1]
-        return SimpleNamespace(logits=torch.cat([0.5 - x, x - 0.5], dim=1))
 
 
 def test_dicom_series_round_trips_to_nifti_masks_with_the_right_geometry(tmp_path):
