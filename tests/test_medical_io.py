@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from hf_medmamba import VMUNetImageProcessor
 
@@ -205,3 +206,19 @@ def test_one_slice_at_a_time_matches_the_whole_volume():
         for index in range(volume.data.shape[axis]):
             frame, _ = medical_io.volume_frame(volume, index, axis=axis)
             np.testing.assert_array_equal(frame, frames[index])
+
+
+def test_label_maps_of_coarse_logits_are_upsampled_before_the_argmax():
+    """Logits at a quarter of the input size (SegFormer's) are upsampled bilinearly to the input size before the
+    argmax, so that mask edges fall between the coarse cells and not on their borders."""
+
+    class QuarterSize(ThresholdModel):
+        def forward(self, pixel_values):
+            return super().forward(torch.nn.functional.avg_pool2d(pixel_values, 4))
+
+    processor = VMUNetImageProcessor(num_channels=1, normalization_mode="standard", size={"height": 32, "width": 32})
+    ramp = np.tile((np.arange(32, dtype=np.float32) + 0.3) / 33, (32, 1))  # above 0.5 from column 17: inside a cell
+    labels = medical_io.label_maps(QuarterSize(), processor, [ramp])[0]
+    # the processor passes [0, 1] through (mean 0, std 1); bilinear upsampling keeps a linear ramp linear
+    np.testing.assert_array_equal(labels, np.broadcast_to(ramp > 0.5, labels.shape).astype(np.int64))
+    assert labels[:, 17].all() and not labels[:, 16].any()  # the coarse cell of columns 16..19 is above 0.5
