@@ -1,7 +1,8 @@
 """`hf_medmamba.tools.medical_io`, the medical file path of the CLI, the evaluation script and the Space: the bundled CT
-volume reaches a model trained on the bundled slices exactly as those slices (orientation and window), the CLI path
-and `examples/evaluate_volumes.py` write the same masks, a header-reoriented copy of the volume gives the same masks
-in world space, and a synthetic DICOM series comes back as NIfTI masks on the right voxels."""
+volume reaches a model trained on the bundled slices exactly as those slices (orientation and window), a synthetic
+DICOM series comes back as NIfTI masks on the right voxels, DICOM VOI LUTs, slicing and windowing rules. The same
+path through ``hf-medmamba predict`` (against `examples/evaluate_volumes.py`, header-reoriented volumes, a DICOM
+series folder) is tested in `tools/test_cli.py`."""
 
 import csv
 import importlib
@@ -14,19 +15,8 @@ import torch
 
 from hf_medmamba import VMUNetImageProcessor
 
-from .conftest import data_path, example
-from .medical_helpers import (
-    COLUMN,
-    NORMAL,
-    ORIGIN,
-    ROW,
-    SPACING,
-    STEP,
-    ThresholdModel,
-    reoriented_copies,
-    synthetic_series,
-    write_dicom,
-)
+from .conftest import data_path
+from .medical_helpers import COLUMN, NORMAL, ORIGIN, ROW, SPACING, STEP, ThresholdModel, synthetic_series, write_dicom
 
 
 nibabel = pytest.importorskip("nibabel")
@@ -37,21 +27,13 @@ medical_io = importlib.import_module("hf_medmamba.tools.medical_io")
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
-def cli_path(model, processor, source, output, axis=2):
-    """What ``hf-medmamba predict`` runs on a volume: read, window and slice, label maps, write back."""
-    volume = medical_io.read_volume(source)
-    frames, intensity = medical_io.volume_frames(volume, processor, axis=axis)
-    labels = medical_io.segment_frames(model, processor, frames, batch_size=8)
-    medical_io.write_label_volume(volume, medical_io.stack_slices(labels, axis=axis), output)
-    return frames, intensity, labels
-
-
-def test_ct_volume_reaches_the_model_as_the_training_slices_and_matches_evaluate_volumes(ct_model, tmp_path):
-    folder, model, processor = ct_model
+def test_ct_volume_reaches_the_model_as_the_training_slices(ct_model):
+    _, model, processor = ct_model
     assert processor.window == [-125.0, 275.0]  # the synapse recipe stores the CT window in preprocessor_config.json
-    ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
-    frames, intensity, labels = cli_path(model, processor, ct, tmp_path / "cli" / "ct_seg.nii.gz")
+    volume = medical_io.read_volume(data_path("ct_abdomen_organs", "nifti", "ct.nii.gz"))
+    frames, intensity = medical_io.volume_frames(volume, processor, axis=2)
     assert intensity == {"source": "processor", "window": [-125.0, 275.0]}
+    labels = medical_io.segment_frames(model, processor, frames, batch_size=8)
 
     # the slices the model sees are the bundled training PNGs (8-bit rounding apart): same orientation, same window
     slices = data_path("ct_abdomen_organs", "slices", "train")
@@ -68,48 +50,7 @@ def test_ct_volume_reaches_the_model_as_the_training_slices_and_matches_evaluate
     on_pngs = np.stack(medical_io.label_maps(model, processor, pngs))
     order = [int(row["slice_index"]) for row in rows]
     assert (on_pngs == labels[order]).mean() > 0.99
-
-    # evaluate_volumes.py (same model, no --window: the processor's) writes the same mask volume, voxel for voxel
-    nifti = data_path("ct_abdomen_organs", "nifti")
-    results = example("evaluate_volumes").main(
-        [
-            "--model_name_or_path", str(folder), "--images", str(ct), "--labels", str(nifti / "seg_synapse8.nii.gz"),
-            "--output_file", str(tmp_path / "eval.json"), "--save_predictions", str(tmp_path / "eval"),
-        ]
-    )  # fmt: skip
-    assert results["window_hu"] == [-125.0, 275.0]
-    assert results["cases"][0]["intensity"] == intensity
-    cli_mask, eval_mask = (
-        nibabel.load(tmp_path / "cli" / "ct_seg.nii.gz"),
-        nibabel.load(tmp_path / "eval" / "ct_pred.nii.gz"),
-    )
-    source = nibabel.load(ct)
-    np.testing.assert_array_equal(np.asarray(cli_mask.dataobj), np.asarray(eval_mask.dataobj))
-    assert cli_mask.shape == source.shape
-    np.testing.assert_allclose(cli_mask.affine, source.affine)
-    np.testing.assert_allclose(eval_mask.affine, source.affine)
-    assert int(cli_mask.header["sform_code"]) == int(source.header["sform_code"])
-    assert np.asarray(cli_mask.dataobj).max() > 0  # something was segmented, so the comparison means something
-
-
-def test_reoriented_header_gives_the_same_masks_in_world_space(ct_model, tmp_path):
-    _, model, processor = ct_model
-    ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
-    cli_path(model, processor, ct, tmp_path / "reference.nii.gz")
-    reference = nibabel.as_closest_canonical(nibabel.load(tmp_path / "reference.nii.gz"))
-    for name, path in reoriented_copies(ct, tmp_path).items():
-        source = nibabel.load(path)
-        assert nibabel.aff2axcodes(source.affine) != ("R", "A", "S")
-        np.testing.assert_array_equal(  # the copy really is the same anatomy
-            np.asarray(nibabel.as_closest_canonical(source).dataobj), np.asarray(nibabel.load(ct).dataobj)
-        )
-        cli_path(model, processor, path, tmp_path / f"{name}_seg.nii.gz")
-        mask = nibabel.load(tmp_path / f"{name}_seg.nii.gz")
-        assert mask.shape == source.shape, name  # written back in the input's voxel order and affine
-        np.testing.assert_allclose(mask.affine, source.affine)
-        canonical = nibabel.as_closest_canonical(mask)
-        np.testing.assert_allclose(canonical.affine, reference.affine)
-        np.testing.assert_array_equal(np.asarray(canonical.dataobj), np.asarray(reference.dataobj), err_msg=name)
+    assert labels.max() > 0  # something was segmented, so the comparison means something
 
 
 # ---------------------------------------------------------------------------------------------------------------------
