@@ -373,3 +373,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ct_model(tmp_path_factory):
+    """A tiny VM-UNet trained for 3 steps on the bundled CT slices with the synapse recipe (which stores the CT window
+    in its processor): its folder, the model and the processor (shared by the session; do not change them)."""
+    from transformers import AutoModelForSemanticSegmentation
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    root = tmp_path_factory.mktemp("ct_model")
+    example("run_semantic_segmentation").main(
+        [
+            "--data_dir", str(data_path("ct_abdomen_organs", "slices")), "--config_overrides", TINY_VMUNET,
+            "--recipe", "synapse", "--image_size", "64", "--max_train_samples", "8", "--do_train",
+            "--num_overlays", "0", "--max_steps", "3", "--per_device_train_batch_size", "4",
+            *common_args(root / "model", str(root / "cache")),
+        ]
+    )  # fmt: skip
+    folder = root / "model"
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    return folder, model, AutoImageProcessor.from_pretrained(folder)

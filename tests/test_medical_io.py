@@ -1,7 +1,8 @@
 """`hf_medmamba.tools.medical_io`, the medical file path of the CLI, the evaluation script and the Space: the bundled CT
-volume reaches a model trained on the bundled slices exactly as those slices (orientation and window), the CLI path
-and `examples/evaluate_volumes.py` write the same masks, a header-reoriented copy of the volume gives the same masks
-in world space, and a synthetic DICOM series comes back as NIfTI masks on the right voxels."""
+volume reaches a model trained on the bundled slices exactly as those slices (orientation and window), a synthetic
+DICOM series comes back as NIfTI masks on the right voxels, DICOM VOI LUTs, slicing and windowing rules. The same
+path through ``hf-medmamba predict`` (against `examples/evaluate_volumes.py`, header-reoriented volumes, a DICOM
+series folder) is tested in `tools/test_cli.py`."""
 
 import csv
 import importlib
@@ -11,12 +12,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import AutoModelForSemanticSegmentation
-from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from hf_medmamba import VMUNetImageProcessor
 
-from .conftest import TINY_VMUNET, data_path, example
+from .conftest import data_path
+from .medical_helpers import COLUMN, NORMAL, ORIGIN, ROW, SPACING, STEP, ThresholdModel, synthetic_series, write_dicom
 
 
 nibabel = pytest.importorskip("nibabel")
@@ -27,39 +27,13 @@ medical_io = importlib.import_module("hf_medmamba.tools.medical_io")
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
-@pytest.fixture(scope="module")
-def ct_model(tmp_path_factory):
-    """A tiny VM-UNet trained for a few steps on the bundled CT slices with the synapse recipe, and its processor."""
-    root = tmp_path_factory.mktemp("ct_model")
-    example("run_semantic_segmentation").main(
-        [
-            "--data_dir", str(data_path("ct_abdomen_organs", "slices")), "--config_overrides", TINY_VMUNET,
-            "--recipe", "synapse", "--image_size", "64", "--max_train_samples", "8", "--do_train",
-            "--num_overlays", "0", "--max_steps", "3", "--per_device_train_batch_size", "4",
-            "--output_dir", str(root / "model"), "--cache_dir", str(root / "cache"), "--disable_tqdm", "True",
-            "--seed", "0",
-        ]
-    )  # fmt: skip
-    folder = root / "model"
-    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
-    return folder, model, AutoImageProcessor.from_pretrained(folder)
-
-
-def cli_path(model, processor, source, output, axis=2):
-    """What ``hf-medmamba predict`` runs on a volume: read, window and slice, label maps, write back."""
-    volume = medical_io.read_volume(source)
-    frames, intensity = medical_io.volume_frames(volume, processor, axis=axis)
-    labels = medical_io.segment_frames(model, processor, frames, batch_size=8)
-    medical_io.write_label_volume(volume, medical_io.stack_slices(labels, axis=axis), output)
-    return frames, intensity, labels
-
-
-def test_ct_volume_reaches_the_model_as_the_training_slices_and_matches_evaluate_volumes(ct_model, tmp_path):
-    folder, model, processor = ct_model
+def test_ct_volume_reaches_the_model_as_the_training_slices(ct_model):
+    _, model, processor = ct_model
     assert processor.window == [-125.0, 275.0]  # the synapse recipe stores the CT window in preprocessor_config.json
-    ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
-    frames, intensity, labels = cli_path(model, processor, ct, tmp_path / "cli" / "ct_seg.nii.gz")
+    volume = medical_io.read_volume(data_path("ct_abdomen_organs", "nifti", "ct.nii.gz"))
+    frames, intensity = medical_io.volume_frames(volume, processor, axis=2)
     assert intensity == {"source": "processor", "window": [-125.0, 275.0]}
+    labels = medical_io.segment_frames(model, processor, frames, batch_size=8)
 
     # the slices the model sees are the bundled training PNGs (8-bit rounding apart): same orientation, same window
     slices = data_path("ct_abdomen_organs", "slices", "train")
@@ -76,139 +50,12 @@ def test_ct_volume_reaches_the_model_as_the_training_slices_and_matches_evaluate
     on_pngs = np.stack(medical_io.label_maps(model, processor, pngs))
     order = [int(row["slice_index"]) for row in rows]
     assert (on_pngs == labels[order]).mean() > 0.99
-
-    # evaluate_volumes.py (same model, no --window: the processor's) writes the same mask volume, voxel for voxel
-    nifti = data_path("ct_abdomen_organs", "nifti")
-    results = example("evaluate_volumes").main(
-        [
-            "--model_name_or_path", str(folder), "--images", str(ct), "--labels", str(nifti / "seg_synapse8.nii.gz"),
-            "--output_file", str(tmp_path / "eval.json"), "--save_predictions", str(tmp_path / "eval"),
-        ]
-    )  # fmt: skip
-    assert results["window_hu"] == [-125.0, 275.0]
-    assert results["cases"][0]["intensity"] == intensity
-    cli_mask, eval_mask = (
-        nibabel.load(tmp_path / "cli" / "ct_seg.nii.gz"),
-        nibabel.load(tmp_path / "eval" / "ct_pred.nii.gz"),
-    )
-    source = nibabel.load(ct)
-    np.testing.assert_array_equal(np.asarray(cli_mask.dataobj), np.asarray(eval_mask.dataobj))
-    assert cli_mask.shape == source.shape
-    np.testing.assert_allclose(cli_mask.affine, source.affine)
-    np.testing.assert_allclose(eval_mask.affine, source.affine)
-    assert int(cli_mask.header["sform_code"]) == int(source.header["sform_code"])
-    assert np.asarray(cli_mask.dataobj).max() > 0  # something was segmented, so the comparison means something
-
-
-def reoriented_copies(path, folder):
-    """The same anatomy with other voxel orders: x flipped (LAS), and axes permuted with z reversed."""
-    image = nibabel.load(path)
-    data, affine = np.asarray(image.dataobj), image.affine
-    nx, _, nz = data.shape
-    flip_x = np.array([[-1, 0, 0, nx - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
-    # new voxel (i, j, k) is old voxel (j, k, nz - 1 - i)
-    permute = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [-1, 0, 0, nz - 1], [0, 0, 0, 1]], dtype=float)
-    copies = {
-        "las": (data[::-1], affine @ flip_x),
-        "permuted": (data.transpose(2, 0, 1)[::-1], affine @ permute),
-    }
-    paths = {}
-    for name, (array, new_affine) in copies.items():
-        paths[name] = folder / f"{name}.nii.gz"
-        nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(array), new_affine), paths[name])
-    return paths
-
-
-def test_reoriented_header_gives_the_same_masks_in_world_space(ct_model, tmp_path):
-    _, model, processor = ct_model
-    ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
-    cli_path(model, processor, ct, tmp_path / "reference.nii.gz")
-    reference = nibabel.as_closest_canonical(nibabel.load(tmp_path / "reference.nii.gz"))
-    for name, path in reoriented_copies(ct, tmp_path).items():
-        source = nibabel.load(path)
-        assert nibabel.aff2axcodes(source.affine) != ("R", "A", "S")
-        np.testing.assert_array_equal(  # the copy really is the same anatomy
-            np.asarray(nibabel.as_closest_canonical(source).dataobj), np.asarray(nibabel.load(ct).dataobj)
-        )
-        cli_path(model, processor, path, tmp_path / f"{name}_seg.nii.gz")
-        mask = nibabel.load(tmp_path / f"{name}_seg.nii.gz")
-        assert mask.shape == source.shape, name  # written back in the input's voxel order and affine
-        np.testing.assert_allclose(mask.affine, source.affine)
-        canonical = nibabel.as_closest_canonical(mask)
-        np.testing.assert_allclose(canonical.affine, reference.affine)
-        np.testing.assert_array_equal(np.asarray(canonical.dataobj), np.asarray(reference.dataobj), err_msg=name)
+    assert labels.max() > 0  # something was segmented, so the comparison means something
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # DICOM
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def write_dicom(path, pixels, series_uid, **attributes):
-    """A single-frame signed 16-bit CT DICOM file with the given attributes."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.Modality = series_uid, "CT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    for name, value in attributes.items():
-        setattr(ds, name, value)
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-# A coronal series: rows run along patient x (left), columns from head to feet, slices step 2.5 mm towards posterior.
-ROW, COLUMN = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0])  # LPS direction cosines
-NORMAL = np.cross(ROW, COLUMN)  # (0, 1, 0): posterior
-ORIGIN, STEP, SPACING = np.array([-50.0, -60.0, 30.0]), 2.5, (0.8, 0.7)  # PixelSpacing: row spacing, column spacing
-
-
-def synthetic_series(folder, slope=2.0, intercept=-1000.0, skip=None):
-    """Four 20 x 24 slices written in shuffled file order with reversed Instance Numbers, a 300 HU box and a 0 HU box in
-    -1000 HU air; returns the stored-position-ordered HU slices (slice, row, column)."""
-    from pydicom.uid import generate_uid
-
-    hu = np.full((4, 20, 24), -1000.0)
-    hu[1:3, 5:10, 10:16] = 300.0
-    hu[0, 12:15, 2:6] = 0.0
-    stored = np.rint((hu - intercept) / slope)
-    folder.mkdir(parents=True, exist_ok=True)
-    series = generate_uid()
-    for rank, k in enumerate([2, 0, 3, 1]):
-        if k == skip:
-            continue
-        write_dicom(
-            folder / f"im{rank}.dcm", stored[k], series, InstanceNumber=4 - k,
-            ImagePositionPatient=[float(v) for v in ORIGIN + NORMAL * STEP * k],
-            ImageOrientationPatient=[float(v) for v in (*ROW, *COLUMN)], PixelSpacing=list(SPACING),
-            RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=40, WindowWidth=400,
-        )  # fmt: skip
-    (folder / "notes.txt").write_text("not a DICOM file")
-    return hu
-
-
-class ThresholdModel(torch.nn.Module):
-    """A stand-in segmenter whose masks are known: class 1 where the (windowed) input is above 0.5."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    device = property(lambda self: self.anchor.device)
-    dtype = property(lambda self: self.anchor.dtype)
-
-    def forward(self, pixel_values):
-        x = pixel_values[:, :1]
-        return SimpleNamespace(logits=torch.cat([0.5 - x, x - 0.5], dim=1))
 
 
 def test_dicom_series_round_trips_to_nifti_masks_with_the_right_geometry(tmp_path):
@@ -300,3 +147,19 @@ def test_one_slice_at_a_time_matches_the_whole_volume():
         for index in range(volume.data.shape[axis]):
             frame, _ = medical_io.volume_frame(volume, index, axis=axis)
             np.testing.assert_array_equal(frame, frames[index])
+
+
+def test_label_maps_of_coarse_logits_are_upsampled_before_the_argmax():
+    """Logits at a quarter of the input size (SegFormer's) are upsampled bilinearly to the input size before the
+    argmax, so that mask edges fall between the coarse cells and not on their borders."""
+
+    class QuarterSize(ThresholdModel):
+        def forward(self, pixel_values):
+            return super().forward(torch.nn.functional.avg_pool2d(pixel_values, 4))
+
+    processor = VMUNetImageProcessor(num_channels=1, normalization_mode="standard", size={"height": 32, "width": 32})
+    ramp = np.tile((np.arange(32, dtype=np.float32) + 0.3) / 33, (32, 1))  # above 0.5 from column 17: inside a cell
+    labels = medical_io.label_maps(QuarterSize(), processor, [ramp])[0]
+    # the processor passes [0, 1] through (mean 0, std 1); bilinear upsampling keeps a linear ramp linear
+    np.testing.assert_array_equal(labels, np.broadcast_to(ramp > 0.5, labels.shape).astype(np.int64))
+    assert labels[:, 17].all() and not labels[:, 16].any()  # the coarse cell of columns 16..19 is above 0.5

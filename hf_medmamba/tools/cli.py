@@ -1,17 +1,19 @@
 """The ``hf-medmamba`` command line. ``hf-medmamba predict MODEL INPUTS... --output DIR`` runs an image classifier or a
-semantic segmenter (the task follows the model) over images, DICOM files and NIfTI volumes.
+semantic segmenter (the task follows the model) over images, DICOM files, NIfTI volumes and DICOM series.
 
 Outputs (all written to a hidden staging folder inside DIR and moved into place at the end; ``summary.json`` last):
 
 - classification: ``predictions.csv``, one row per image, DICOM frame or volume slice, with the top-k labels and scores;
 - segmentation: ``<name>_mask.png`` (label values; 0/255 for binary models) and ``<name>_overlay.png`` per 2-D image
-  or DICOM frame (``<name>_frameNNNN_*`` for multi-frame files), ``<name>_seg.nii.gz`` per NIfTI volume (the input's
-  shape, affine and header geometry), and ``legend.png`` / ``legend.json`` for multi-class models.
+  or DICOM frame (``<name>_frameNNNN_*`` for multi-frame files), ``<name>_seg.nii.gz`` per NIfTI volume or DICOM
+  series (the input's voxel order and affine), and ``legend.png`` / ``legend.json`` for multi-class models.
 
 Outputs of files found in a folder argument (or by a glob) mirror their sub-folders below it (below the glob's
-wildcard-free part); files named explicitly have theirs directly in DIR. NIfTI slices reach the model in voxel order
-(rows along the first in-plane axis), not reoriented. Inputs that cannot be read or predicted are skipped and listed at
-the end and in ``summary.json``; the exit status is then 1 (2 for usage errors, 0 when everything ran).
+wildcard-free part); files named explicitly have theirs directly in DIR. Medical files are read through `medical_io`
+(the path of ``examples/evaluate_volumes.py`` and the Space): volumes are brought to RAS and sliced along a RAS axis
+in radiological display orientation, and every input is windowed as `medical_io` says (``--window``, the processor's
+window, the DICOM VOI LUT / window, the data's range). Inputs that cannot be read or predicted are skipped and listed
+at the end and in ``summary.json``; the exit status is then 1 (2 for usage errors, 0 when everything ran).
 """
 
 import argparse
@@ -27,9 +29,20 @@ from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 from .. import __version__
-from .cli_inputs import SUPPORTED, CLIError, Source, collect_inputs, display_image, input_kind, output_stems, require
+from . import medical_io
+from .cli_inputs import (
+    SUPPORTED,
+    VOLUME_KINDS,
+    CLIError,
+    Source,
+    check_requirements,
+    collect_inputs,
+    display_image,
+    output_stems,
+    source_kind,
+)
 from .cli_model import Predictor, load_model, resolve_device
-from .cli_outputs import StagedOutputs, label_colors, legend_image, mask_image, overlay, save_label_volume
+from .cli_outputs import StagedOutputs, label_colors, legend_image, mask_image, overlay
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -59,9 +72,11 @@ class Run:
         for source in sources:
             self.progress.set_postfix_str(source.path.name, refresh=False)
             try:
-                source.read(axis, window)
+                source.read(axis, window, self.predictor.processor)
             except CLIError:
                 raise
+            except ImportError as err:  # a package missing for this input (checked up front for the usual ones)
+                raise CLIError(str(err)) from None
             except Exception as err:
                 self.fail(source, describe(err))
                 continue
@@ -119,16 +134,12 @@ class Run:
 
     def write_segmentation(self, source, written):
         num_labels = self.predictor.num_labels
-        if source.kind == "nifti":
-            dtype = np.uint8 if num_labels <= 256 else np.int16
-            labels = np.zeros(source.volume_shape, dtype=dtype)
-            for position, number in enumerate(source.numbers):
-                index = [slice(None)] * 3
-                index[source.axis] = number
-                labels[tuple(index)] = source.results[position]
+        if source.kind in VOLUME_KINDS:
+            slices = np.stack([source.results[position] for position in range(len(source.frames))])
             relative = source.stem.with_name(source.stem.name + "_seg.nii.gz")
             written.append(relative)
-            save_label_volume(source.nifti, labels, self.outputs.path(relative))
+            labels = medical_io.stack_slices(slices, source.axis)
+            medical_io.write_label_volume(source.volume, labels, self.outputs.path(relative))
             return
         for position, number in enumerate(source.numbers):
             labels = source.results[position]
@@ -171,14 +182,10 @@ def predict(args):
     """The ``predict`` command; returns the exit status."""
     start = time.time()
     output = Path(args.output)
-    found, unmatched = collect_inputs(args.inputs, exclude=output)
+    found, unmatched = collect_inputs(args.inputs, exclude=output, series=args.dicom_series)
     if not found:
         raise CLIError(f"no input files found in {' '.join(args.inputs)} (supported: {SUPPORTED}).")
-    kinds = {input_kind(file) for file, _ in found}
-    if "dicom" in kinds:
-        require("pydicom", "DICOM")
-    if "nifti" in kinds:
-        require("nibabel", "NIfTI")
+    check_requirements({source_kind(file) for file, _ in found})
     device = resolve_device(args.device)
     bars = transformers_logging.is_progress_bar_enabled()
     if args.quiet:
@@ -197,7 +204,7 @@ def predict(args):
         outputs = StagedOutputs(output)
     except OSError as err:
         raise CLIError(f"cannot write to {output}: {err}") from None
-    stems = output_stems([relative for _, relative in found])
+    stems = output_stems([relative for _, relative in found], {relative for file, relative in found if file.is_dir()})
     sources = [Source(file, stem) for (file, _), stem in zip(found, stems)]
     progress = tqdm(total=len(sources), unit="file", desc="predict", disable=args.quiet, file=sys.stderr)
     try:
@@ -223,7 +230,8 @@ def predict(args):
                 "output": str(output),
                 "top_k": predictor.top_k,
                 "window": list(window) if window else None,
-                "axis": args.axis,
+                "axis": medical_io.AXES[args.axis],
+                "dicom_series": args.dicom_series,
                 "batch_size": args.batch_size,
                 "device": str(device),
                 "dtype": args.dtype,
@@ -240,6 +248,7 @@ def predict(args):
                     "file": str(s.path),
                     "status": "failed" if s.failed else "ok",
                     "images": 0 if s.failed else len(s.frames),
+                    "intensity": None if s.failed else s.intensity,
                     "outputs": [str(f) for f in s.outputs],
                 }
                 for s in sources
@@ -269,6 +278,20 @@ def _positive_int(text):
     return value
 
 
+def _axis(text):
+    """A RAS axis: 0 / sagittal, 1 / coronal, 2 / axial (-1 .. -3 count from the end)."""
+    name = text.strip().lower()
+    if name in medical_io.AXES:
+        return medical_io.AXES.index(name)
+    try:
+        value = int(name)
+    except ValueError:
+        value = None
+    if value not in (0, 1, 2, -1, -2, -3):
+        raise argparse.ArgumentTypeError(f"must be 0 / sagittal, 1 / coronal or 2 / axial, got {text!r}")
+    return value % 3
+
+
 def _fraction(text):
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -287,11 +310,13 @@ def build_parser():
         help="classify or segment images, DICOM files and NIfTI volumes",
         description=(
             "Run an image classifier or a semantic segmenter (the task follows the model) over image files (PNG, "
-            "JPEG, BMP, TIFF), DICOM files (each frame as an image) and NIfTI volumes (slice by slice). "
+            "JPEG, BMP, TIFF), DICOM files (each frame as an image), NIfTI volumes and DICOM series (--dicom-series; "
+            "volumes are brought to RAS and cut into slices along --axis, in radiological display orientation). "
             "Classification writes predictions.csv (top-k labels and scores per image or slice); segmentation writes "
-            "a mask and an overlay PNG per image or DICOM frame, a label volume per NIfTI file (the input's "
-            "geometry) and, for multi-class models, legend.png/legend.json. summary.json is written last. Unreadable "
-            "inputs are skipped and reported; the exit status is then 1."
+            "a mask and an overlay PNG per image or DICOM frame, a label volume per NIfTI file or DICOM series (in the "
+            "input's voxel order and affine) and, for multi-class models, legend.png/legend.json. summary.json, with "
+            "the intensity window each input got, is written last. Unreadable inputs are skipped and reported; the "
+            "exit status is then 1."
         ),
     )
     sub.add_argument("model", metavar="MODEL", help="a saved model folder or a Hub id (with its image processor)")
@@ -305,14 +330,29 @@ def build_parser():
         nargs=2,
         type=float,
         metavar=("LOW", "HIGH"),
-        help="clip intensities to [LOW, HIGH] and scale to [0, 1] before the processor (CT in HU: -125 275)",
+        help=(
+            "clip intensities (modality units: CT in HU, e.g. -125 275) to [LOW, HIGH] and scale them to [0, 1]; "
+            "default: the processor's window (preprocessor_config.json), else the DICOM file's VOI LUT / window, "
+            "else the volume's (or image's) range. 8-bit images are used as they are"
+        ),
     )
     sub.add_argument(
         "--axis",
-        type=int,
-        default=-1,
-        choices=(0, 1, 2, -1, -2, -3),
-        help="slicing axis of NIfTI volumes (default -1, the last: axial); slices keep the voxel order",
+        type=_axis,
+        default=2,
+        metavar="AXIS",
+        help=(
+            "RAS axis along which volumes are cut into slices: 0 / sagittal, 1 / coronal, 2 / axial (default); "
+            "slices are in radiological display orientation, whatever the input's voxel order"
+        ),
+    )
+    sub.add_argument(
+        "--dicom-series",
+        action="store_true",
+        help=(
+            "each folder argument (or folder a glob matches) is one DICOM series, read as a volume from the DICOM "
+            "files directly inside it and written as <folder>_seg.nii.gz; without it, folders are searched for files"
+        ),
     )
     sub.add_argument(
         "--batch-size", type=_positive_int, default=8, metavar="N", help="images per forward pass (default 8)"

@@ -1,5 +1,6 @@
-"""Inputs of ``hf-medmamba predict``: finding the files (paths, recursive folders, globs), naming their outputs, and
-reading images, DICOM frames (in modality units) and NIfTI volumes into the 2-D frames the model sees."""
+"""Inputs of ``hf-medmamba predict``: finding them (files, recursive folders, globs, DICOM series folders), naming
+their outputs, and reading images, DICOM frames, NIfTI volumes and DICOM series into the 2-D frames the model sees,
+through `medical_io`, the medical I/O path of the CLI, the example scripts and the Space."""
 
 import glob
 import os
@@ -9,13 +10,21 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..image_processing_common import ImageInputError, pil_to_array, to_model_array
+from ..image_processing_common import ImageInputError, to_model_array
+from . import medical_io
+from .medical_io import NIFTI_EXTENSIONS
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 SUPPORTED = ", ".join(IMAGE_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS)
+VOLUME_KINDS = ("nifti", "series")  # read as RAS volumes and written back as label volumes
+# What each kind of input is called in messages, and the optional packages it needs (hf-medmamba[medical]).
+REQUIREMENTS = {
+    "dicom": ("DICOM files", ("pydicom",)),
+    "nifti": ("NIfTI volumes", ("nibabel", "monai")),
+    "series": ("DICOM series", ("pydicom", "nibabel", "monai")),
+}
 
 
 class CLIError(Exception):
@@ -42,6 +51,13 @@ def sniff_kind(path):
             if file.read(132)[128:] == b"DICM":
                 return "dicom"
     return kind
+
+
+def source_kind(path, sniff=False):
+    """``"series"`` for a folder (a DICOM series), else the file's kind (`sniff_kind` when ``sniff``)."""
+    if path.is_dir():
+        return "series"
+    return sniff_kind(path) if sniff else input_kind(path)
 
 
 def strip_extension(name):
@@ -76,14 +92,17 @@ def _glob_base(pattern):
     return Path(*parts[:first]) if first else Path()
 
 
-def collect_inputs(patterns, exclude=None):
+def collect_inputs(patterns, exclude=None, series=False):
     """Files from paths, folders (recursive, supported extensions only) and glob patterns, in argument order without
     duplicates, each with its path relative to its folder argument or glob base (just its name for a file named
-    explicitly); also the arguments that matched nothing. Hidden files and the ``exclude`` folder are left out."""
+    explicitly); also the arguments that matched nothing. Hidden files and the ``exclude`` folder are left out. With
+    ``series``, each folder argument or folder matched by a glob is one input (a DICOM series), not scanned."""
     files, unmatched = {}, []
     for pattern in patterns:
         path = Path(os.path.expanduser(pattern))
-        if path.is_dir():
+        if path.is_dir() and series:
+            found = [] if _is_inside(path, exclude) else [(path, Path(path.resolve().name))]
+        elif path.is_dir():
             found = [(f, f.relative_to(path)) for f in _scan_folder(path, exclude)]
         elif path.is_file():
             found = [(path, Path(path.name))]  # named explicitly: kept whatever its extension (refused if unsupported)
@@ -93,7 +112,9 @@ def collect_inputs(patterns, exclude=None):
                 match = Path(match)
                 if _is_inside(match, exclude) or match.name.startswith("."):
                     continue
-                if match.is_dir():
+                if match.is_dir() and series:
+                    found.append((match, match.relative_to(base)))
+                elif match.is_dir():
                     found.extend((f, f.relative_to(base)) for f in _scan_folder(match, exclude))
                 elif match.is_file() and input_kind(match):
                     found.append((match, match.relative_to(base)))
@@ -106,10 +127,10 @@ def collect_inputs(patterns, exclude=None):
     return list(files.values()), unmatched
 
 
-def output_stems(relatives):
-    """Output name stem of each input (its relative path without extension), unique: where two share a stem the
-    whole name is used (dots as underscores), then a counter."""
-    stems = [r.with_name(strip_extension(r.name)) for r in relatives]
+def output_stems(relatives, folders=()):
+    """Output name stem of each input (its relative path without extension; whole for the ``folders``, DICOM series),
+    unique: where two share a stem the whole name is used (dots as underscores), then a counter."""
+    stems = [r if r in folders else r.with_name(strip_extension(r.name)) for r in relatives]
     counts = Counter(stems)
     stems = [s if counts[s] == 1 else r.with_name(r.name.replace(".", "_")) for s, r in zip(stems, relatives)]
     seen, unique = Counter(), []
@@ -119,19 +140,16 @@ def output_stems(relatives):
     return unique
 
 
-def require(module, what):
-    """Import an optional reader (pydicom, nibabel) or fail with the install command."""
-    try:
-        return __import__(module)
-    except ImportError:
-        raise CLIError(f"reading {what} files needs {module}: pip install hf-medmamba[medical]") from None
-
-
-def apply_window(image, window):
-    """Clip intensities to ``window = (low, high)`` and scale them to [0, 1] (float32); PIL images become arrays."""
-    low, high = window
-    array = pil_to_array(image) if isinstance(image, PIL.Image.Image) else np.asarray(image)
-    return np.clip((array.astype(np.float32) - low) / np.float32(high - low), 0.0, 1.0)
+def check_requirements(kinds):
+    """Fail before anything runs, with the install command, when a package that these kinds of input need is
+    missing."""
+    for kind in sorted(k for k in kinds if k in REQUIREMENTS):
+        what, modules = REQUIREMENTS[kind]
+        for module in modules:
+            try:
+                medical_io.require(module, f"reading {what}")
+            except ImportError as err:
+                raise CLIError(str(err)) from None
 
 
 def read_image(path):
@@ -145,73 +163,9 @@ def read_image(path):
     return frames
 
 
-def _dicom_rescale(ds, index):
-    """(slope, intercept) of one frame: per-frame, shared, or top-level Rescale Slope / Intercept."""
-    for name, position in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
-        groups = ds.get(name)
-        if groups and len(groups) > position:
-            transform = groups[position].get("PixelValueTransformationSequence")
-            if transform:
-                return float(transform[0].get("RescaleSlope", 1) or 1), float(
-                    transform[0].get("RescaleIntercept", 0) or 0
-                )
-    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-
-
-def read_dicom(path):
-    """Frames of a DICOM file in modality units (Rescale Slope / Intercept or Modality LUT applied), RGB for colour
-    data; MONOCHROME1 is returned with its flag so that it can be inverted after windowing."""
-    pydicom = require("pydicom", "DICOM")
-    ds = pydicom.dcmread(str(path))
-    if "PixelData" not in ds:
-        raise ImageInputError("the DICOM file has no pixel data.")
-    array = ds.pixel_array
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    if count == 1:
-        array = array[None]
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if int(ds.get("SamplesPerPixel", 1)) > 1:
-        if photometric.startswith("YBR") and not hasattr(pydicom, "pixels"):  # pydicom 2 leaves YCbCr as it is
-            from pydicom.pixel_data_handlers.util import convert_color_space
-
-            array = convert_color_space(array, photometric, "RGB")
-        return list(array), False
-    frames = []
-    for index, frame in enumerate(array):
-        if "ModalityLUTSequence" in ds:
-            try:
-                from pydicom.pixels import apply_modality_lut
-            except ImportError:  # pydicom 2
-                from pydicom.pixel_data_handlers.util import apply_modality_lut
-            frame = apply_modality_lut(frame, ds)
-        else:
-            slope, intercept = _dicom_rescale(ds, index)
-            if slope == 1 and intercept.is_integer():
-                frame = frame.astype(np.int32) + int(intercept) if intercept else frame
-            else:
-                frame = frame.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        frames.append(frame)
-    return frames, photometric == "MONOCHROME1"
-
-
-def read_nifti(path):
-    """The nibabel image and its volume as a 3-D array (2-D images get a slice axis; trailing size-1 axes dropped)."""
-    nibabel = require("nibabel", "NIfTI")
-    image = nibabel.load(str(path))
-    volume = np.asanyarray(image.dataobj)
-    while volume.ndim > 3 and volume.shape[-1] == 1:
-        volume = volume[..., 0]
-    if volume.ndim == 2:
-        volume = volume[..., None]
-    if volume.ndim != 3:
-        raise ImageInputError(f"expected a 3-D volume, got shape {image.shape}; pass 3-D volumes one at a time.")
-    if not np.issubdtype(volume.dtype, np.number) or np.issubdtype(volume.dtype, np.complexfloating):
-        raise ImageInputError(f"unsupported voxel type {volume.dtype}.")
-    return image, volume
-
-
 class Source:
-    """One input file: its 2-D frames (images, DICOM frames or volume slices), their results and its outputs."""
+    """One input: a file (an image, a DICOM file, a NIfTI volume) or a DICOM series folder; its 2-D frames (images,
+    DICOM frames or volume slices, in [0, 1] unless 8-bit), how they were windowed, their results and its outputs."""
 
     def __init__(self, path, stem):
         self.path, self.stem = path, stem
@@ -219,36 +173,28 @@ class Source:
         self.frames, self.numbers = [], []  # model inputs and their slice / frame numbers (None for a 2-D image)
         self.results = {}
         self.failed = False
-        self.nifti = self.volume_shape = None
-        self.invert = False
+        self.volume = self.axis = self.intensity = None
         self.outputs = []  # written files, relative to the output folder
 
-    def read(self, axis, window):
-        self.kind = sniff_kind(self.path)
+    def read(self, axis, window, processor):
+        """Read the frames through `medical_io`: volumes in RAS, sliced along the RAS ``axis`` in display orientation;
+        every input windowed by ``window``, else the processor's, else the DICOM VOI LUT / window, else its range."""
+        self.kind = source_kind(self.path, sniff=True)
         if self.kind is None:
             raise ImageInputError(f"unsupported file type (supported: {SUPPORTED}).")
-        if self.kind == "image":
-            frames = read_image(self.path)
+        if self.kind in VOLUME_KINDS:
+            self.volume = medical_io.read_volume(self.path)
+            self.axis = axis % 3
+            frames, self.intensity = medical_io.volume_frames(self.volume, processor, self.axis, window)
         elif self.kind == "dicom":
-            frames, self.invert = read_dicom(self.path)
+            frames, self.intensity = medical_io.dicom_frames(self.path, processor, window)
         else:
-            self.nifti, volume = read_nifti(self.path)
-            self.volume_shape, self.axis = volume.shape, axis % 3
-            frames = [np.take(volume, k, axis=self.axis) for k in range(volume.shape[self.axis])]
-        if not frames:
+            frames = [medical_io.image_frame(frame, processor, window) for frame in read_image(self.path)]
+        if not len(frames):
             raise ImageInputError("the file holds no image.")
-        volume_like = self.kind == "nifti" or len(frames) > 1
+        volume_like = self.kind in VOLUME_KINDS or len(frames) > 1
         self.numbers = list(range(len(frames))) if volume_like else [None]
-        self.frames = [self.prepare(frame, window) for frame in frames]
-
-    def prepare(self, frame, window):
-        """Window (when asked) and MONOCHROME1 inversion; other images go to the processor as they are."""
-        if window is not None:
-            frame = apply_window(frame, window)
-            return 1.0 - frame if self.invert else frame
-        if self.invert:
-            return frame.max() - frame + frame.min()
-        return frame
+        self.frames = list(frames)
 
     @property
     def done(self):
@@ -256,13 +202,7 @@ class Source:
 
     def release(self):
         self.frames = [None] * len(self.frames)
-
-
-def frame_size(frame):
-    """(height, width) of a PIL image or an (H, W) / (H, W, C) array."""
-    if isinstance(frame, PIL.Image.Image):
-        return frame.height, frame.width
-    return tuple(int(s) for s in frame.shape[:2])
+        self.volume = None
 
 
 def display_image(frame):

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSemanticSegmentation
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # see hf_medmamba/__init__.py
 
-from .cli_inputs import CLIError, frame_size
+from . import medical_io
+from .cli_inputs import CLIError
 
 
 def resolve_device(name):
@@ -68,7 +69,8 @@ def load_model(name, trust_remote_code=False, revision=None, dtype="float32", de
 
 
 class Predictor:
-    """Processor + model on a batch of frames: a (label, score) list or a label map (the frame's size) per frame."""
+    """Processor + model on a batch of frames (already windowed by `medical_io`): a (label, score) list, or a label map
+    at the frame's size made as `medical_io.label_maps` makes them (those of ``examples/evaluate_volumes.py``)."""
 
     def __init__(self, model, processor, task, top_k=3):
         self.model, self.processor, self.task = model, processor, task
@@ -78,15 +80,11 @@ class Predictor:
         self.multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
 
     def __call__(self, frames):
-        inputs = self.processor(images=frames, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.model.device, self.model.dtype)
+        if self.task == "segmentation":
+            return medical_io.label_maps(self.model, self.processor, frames)
+        pixel_values = medical_io.model_inputs(self.processor, frames)["pixel_values"]
         with torch.inference_mode():
-            outputs = self.model(pixel_values=pixel_values)
-            if self.task == "segmentation":
-                sizes = [frame_size(frame) for frame in frames]
-                maps = self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
-                return [m.cpu().numpy() for m in maps]
-            logits = outputs.logits.float()
+            logits = self.model(pixel_values=pixel_values.to(self.model.device, self.model.dtype)).logits.float()
             probabilities = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
             scores, ids = probabilities.topk(self.top_k, dim=-1)
         return [

@@ -1,5 +1,5 @@
 """Outputs of ``hf-medmamba predict``: files staged in a hidden folder and moved into place together, label colours,
-mask PNGs, overlays, the colour legend and NIfTI label volumes with the input's geometry."""
+mask PNGs, overlays and the colour legend (label volumes are written by `medical_io.write_label_volume`)."""
 
 import colorsys
 import os
@@ -116,17 +116,3 @@ class StagedOutputs:
 
     def cleanup(self):
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def save_label_volume(image, labels, path):
-    """A NIfTI label volume with ``image``'s class, affine, header, qform and sform, and the input's shape."""
-    header = image.header.copy()
-    out = type(image)(labels.reshape(image.shape), image.affine, header)
-    out.set_data_dtype(labels.dtype)
-    out.header.set_slope_inter(1, 0)
-    out.header.set_intent("label")
-    out.header["cal_min"], out.header["cal_max"] = 0, int(labels.max())
-    for form in ("qform", "sform"):
-        matrix, code = getattr(image, f"get_{form}")(coded=True)
-        getattr(out, f"set_{form}")(matrix, int(code))
-    out.to_filename(str(path))

@@ -382,11 +382,13 @@ def frame_size(frame):
 
 def label_maps(model, processor, frames):
     """Label maps of 2-D frames as the Synapse evaluation of TransUNet / VM-UNet makes them: the argmax (the sigmoid
-    head: probability >= the processor's ``threshold``) at the model's input size, resized to each frame's size with
-    nearest neighbour."""
+    head: probability >= the processor's ``threshold``) at the model's input size (logits of a smaller size, such as
+    SegFormer's, upsampled bilinearly first), resized to each frame's size with nearest neighbour."""
     pixel_values = model_inputs(processor, frames)["pixel_values"].to(model.device, model.dtype)
     with torch.inference_mode():
         logits = model(pixel_values=pixel_values).logits.float()
+    if logits.shape[-2:] != pixel_values.shape[-2:]:
+        logits = torch.nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear")
     if logits.shape[1] == 1:
         maps = torch.sigmoid(logits[:, 0]) >= getattr(processor, "threshold", 0.5)
     else:

@@ -1,5 +1,7 @@
-"""The ``hf-medmamba predict`` command on real data (BUSI PNGs, a CT NIfTI volume, pydicom's CT sample) with tiny random
-models: structure and consistency of the outputs, agreement with the processor and model called directly."""
+"""The ``hf-medmamba predict`` command on real data (BUSI PNGs, the bundled CT NIfTI volume, pydicom's CT sample) and a
+synthetic DICOM series, with tiny random models, a tiny VM-UNet briefly trained on the bundled CT slices and a stand-in
+segmenter whose masks are known: structure and consistency of the outputs, agreement with the processor and model
+called directly and with ``examples/evaluate_volumes.py``, masks in the input's geometry."""
 
 import csv
 import glob
@@ -24,9 +26,10 @@ from hf_medmamba import (
     VMUNetImageProcessor,
 )
 from hf_medmamba.configuration_vmunet import SYNAPSE_LABELS
-from hf_medmamba.tools import cli, cli_inputs
+from hf_medmamba.tools import cli, medical_io
 
-from ..conftest import data_path
+from ..conftest import data_path, example
+from ..medical_helpers import ThresholdModel, reoriented_copies, series_affine, synthetic_series
 
 
 CLASSES = {0: "benign", 1: "malignant", 2: "normal"}
@@ -53,19 +56,18 @@ def models(tmp_path_factory):
     return folders
 
 
-def direct(folder, images, target_sizes=None):
-    """What the CLI should compute: the saved processor and model called on the images."""
+def direct(folder, images, segmentation=False):
+    """What the CLI should compute: the saved processor and model called on the images (segmentation: the label maps
+    of `medical_io.label_maps`, at each image's size)."""
     from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
     from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(folder)
-    auto = AutoModelForSemanticSegmentation if target_sizes else AutoModelForImageClassification
-    model = auto.from_pretrained(folder).eval()
+    if segmentation:
+        return medical_io.label_maps(AutoModelForSemanticSegmentation.from_pretrained(folder), processor, images)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
-        outputs = model(**processor(images, return_tensors="pt"))
-    if target_sizes:
-        return [m.numpy() for m in processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)]
-    return outputs.logits.softmax(-1)
+        return model(**processor(images, return_tensors="pt")).logits.softmax(-1)
 
 
 def read_summary(out):
@@ -94,10 +96,15 @@ def test_help_and_usage_errors(capsys):
     assert "predict" in capsys.readouterr().out
     assert cli.main(["predict", "--help"]) == 0
     text = capsys.readouterr().out
-    assert all(option in text for option in ("--window", "--top-k", "--axis", "--batch-size", "--device", "--quiet"))
+    options = ("--window", "--top-k", "--axis", "--dicom-series", "--batch-size", "--device", "--quiet")
+    assert all(option in text for option in options)
     assert cli.main([]) == 2
     assert cli.main(["predict", "model-only"]) == 2  # INPUTS and --output missing
     assert cli.main(["predict", "m", "x.png", "-o", "out", "--top-k", "0"]) == 2
+    assert cli.main(["predict", "m", "x.png", "-o", "out", "--axis", "oblique"]) == 2
+    assert "0 / sagittal, 1 / coronal or 2 / axial" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["predict", "m", "x.nii", "-o", "out", "--axis", "Coronal"]).axis == 1
+    assert cli.build_parser().parse_args(["predict", "m", "x.nii", "-o", "out", "--axis", "-1"]).axis == 2
 
 
 def test_console_script_and_module_run(monkeypatch, capsys):
@@ -204,7 +211,7 @@ def test_binary_segmentation_masks_and_overlays(models, tmp_path):
     assert not (out / "legend.png").exists()
 
     with PIL.Image.open(inputs / "small.png") as image:
-        expected = direct(models["seg"], [image.copy()], target_sizes=[(70, 100)])[0]
+        expected = direct(models["seg"], [image.copy()], segmentation=True)[0]
     mask = np.array(PIL.Image.open(out / "small_mask.png"))
     assert (mask == expected.astype(np.uint8) * 255).mean() >= 0.999
     summary = read_summary(out)
@@ -216,67 +223,140 @@ def test_binary_segmentation_masks_and_overlays(models, tmp_path):
     assert_committed(out)
 
 
-def test_multiclass_segmentation_of_a_ct_volume(models, tmp_path):
+@pytest.mark.usefixtures("one_thread")
+def test_ct_volume_mask_equals_evaluate_volumes(ct_model, tmp_path):
+    """With no --window (the synapse recipe stores the CT window in the processor) the CLI writes the mask volume that
+    ``examples/evaluate_volumes.py --save_predictions`` writes, voxel for voxel, in the input's geometry."""
     nibabel = pytest.importorskip("nibabel")
+    folder, _, processor = ct_model
+    assert processor.window == [-125.0, 275.0]
     ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
     out = tmp_path / "out"
-    args = ["predict", str(models["multi"]), str(ct), "--window", "-125", "275", "-o", str(out), "-q"]
-    assert cli.main([*args, "--batch-size", "16"]) == 0
+    assert cli.main(["predict", str(folder), str(ct), "-o", str(out), "-q"]) == 0
+    results = example("evaluate_volumes").main(
+        [
+            "--model_name_or_path", str(folder), "--images", str(ct),
+            "--labels", str(data_path("ct_abdomen_organs", "nifti", "seg_synapse8.nii.gz")),
+            "--output_file", str(tmp_path / "eval.json"), "--save_predictions", str(tmp_path / "eval"),
+        ]
+    )  # fmt: skip
+    assert results["window_hu"] == [-125.0, 275.0]
+    summary = read_summary(out)
+    intensity = summary["inputs"][0]["intensity"]
+    assert intensity == results["cases"][0]["intensity"] == {"source": "processor", "window": [-125.0, 275.0]}
 
-    source, result = nibabel.load(ct), nibabel.load(out / "ct_seg.nii.gz")
-    labels = np.asanyarray(result.dataobj)
-    assert result.shape == source.shape and labels.dtype == np.uint8
-    np.testing.assert_allclose(result.affine, source.affine)
-    assert result.header.get_zooms() == source.header.get_zooms()
-    assert int(result.header["sform_code"]) == int(source.header["sform_code"])
-    assert labels.max() < len(SYNAPSE_LABELS)
-
-    volume = np.asanyarray(source.dataobj).astype(np.float32)
-    window = np.clip((volume[:, :, 15] + 125) / 400, 0, 1)
-    expected = direct(models["multi"], [window], target_sizes=[window.shape])[0]
-    assert (labels[:, :, 15] == expected).mean() >= 0.999
+    source, mask = nibabel.load(ct), nibabel.load(out / "ct_seg.nii.gz")
+    labels = np.asanyarray(mask.dataobj)
+    np.testing.assert_array_equal(labels, np.asanyarray(nibabel.load(tmp_path / "eval" / "ct_pred.nii.gz").dataobj))
+    assert mask.shape == source.shape and labels.dtype == np.uint8
+    np.testing.assert_allclose(mask.affine, source.affine)
+    assert mask.header.get_zooms() == source.header.get_zooms()
+    assert int(mask.header["sform_code"]) == int(source.header["sform_code"])
+    assert 0 < labels.max() < len(SYNAPSE_LABELS)  # something was segmented, so the comparison means something
 
     legend = json.loads((out / "legend.json").read_text())
     assert [e["label"] for e in legend["labels"]] == list(SYNAPSE_LABELS.values())
     assert len({tuple(e["color"]) for e in legend["labels"]}) == len(SYNAPSE_LABELS)
     with PIL.Image.open(out / "legend.png") as image:
         assert image.mode == "RGB"
-    assert read_summary(out)["counts"]["images"] == source.shape[-1]
+    assert summary["counts"]["images"] == source.shape[-1]
+    assert summary["arguments"]["axis"] == "axial"
     assert_committed(out)
 
 
-def test_nifti_axis_option(models, tmp_path):
+@pytest.mark.usefixtures("one_thread")
+def test_header_reoriented_volumes_give_the_same_masks_in_world_space(ct_model, tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    ct = data_path("ct_abdomen_organs", "nifti", "ct.nii.gz")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(ct, inputs / "ct.nii.gz")
+    copies = reoriented_copies(ct, inputs)
+    out = tmp_path / "out"
+    # one volume (30 slices) per batch, so that every volume's slices go through the model in the same batches
+    assert cli.main(["predict", str(ct_model[0]), str(inputs), "-o", str(out), "-q", "--batch-size", "30"]) == 0
+    reference = nibabel.as_closest_canonical(nibabel.load(out / "ct_seg.nii.gz"))
+    assert np.asarray(reference.dataobj).max() > 0
+    for name, path in copies.items():
+        source = nibabel.load(path)
+        assert nibabel.aff2axcodes(source.affine) != ("R", "A", "S")
+        np.testing.assert_array_equal(  # the copy really is the same anatomy
+            np.asarray(nibabel.as_closest_canonical(source).dataobj), np.asarray(nibabel.load(ct).dataobj)
+        )
+        mask = nibabel.load(out / f"{name}_seg.nii.gz")
+        assert mask.shape == source.shape, name  # written back in the input's voxel order and affine
+        np.testing.assert_allclose(mask.affine, source.affine)
+        canonical = nibabel.as_closest_canonical(mask)
+        np.testing.assert_allclose(canonical.affine, reference.affine)
+        np.testing.assert_array_equal(np.asarray(canonical.dataobj), np.asarray(reference.dataobj), err_msg=name)
+
+
+def test_nifti_axis_is_a_ras_axis_in_display_orientation(models, tmp_path):
     nibabel = pytest.importorskip("nibabel")
     rng = np.random.default_rng(0)
     volume = rng.integers(-1000, 1000, size=(3, 40, 36)).astype(np.int16)
+    # voxel axes 0, 1, 2 run along world S, A, R: the sagittal (RAS x) slices are volume[:, :, k]
     affine = np.array([[0, 0, 2.5, -10], [0, 0.8, 0, 5], [0.8, 0, 0, 7], [0, 0, 0, 1]])
     nibabel.save(nibabel.Nifti1Image(volume, affine), tmp_path / "vol.nii")
     out = tmp_path / "out"
-    assert (
-        cli.main(["predict", str(models["multi"]), str(tmp_path / "vol.nii"), "--axis", "0", "-o", str(out), "-q"]) == 0
-    )
+    args = ["predict", str(models["multi"]), str(tmp_path / "vol.nii"), "--axis", "sagittal", "--window", "-500", "500"]
+    assert cli.main([*args, "-o", str(out), "-q"]) == 0
     result = nibabel.load(out / "vol_seg.nii.gz")
     assert result.shape == volume.shape
     np.testing.assert_allclose(result.affine, affine)
-    expected = direct(models["multi"], [volume[1]], target_sizes=[volume[1].shape])[0]
-    assert (np.asanyarray(result.dataobj)[1] == expected).mean() >= 0.999
+    summary = read_summary(out)
+    assert summary["counts"]["images"] == 36 and summary["arguments"]["axis"] == "sagittal"
+    assert summary["inputs"][0]["intensity"] == {"source": "window", "window": [-500.0, 500.0]}
+    # sagittal display orientation: superior at the top, anterior on the left
+    frame = np.clip((volume[::-1, ::-1, 20].astype(np.float32) + 500) / 1000, 0, 1)
+    expected = direct(models["multi"], [frame], segmentation=True)[0]
+    assert (np.asanyarray(result.dataobj)[::-1, ::-1, 20] == expected).mean() >= 0.999
 
 
-def test_dicom_segmentation_with_rescale(models, tmp_path):
+def test_dicom_file_in_hounsfield_units_windowed_by_the_option_or_its_range(models, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     path = ct_small()
     ds = pydicom.dcmread(path)
-    frames, invert = cli_inputs.read_dicom(path)
-    assert not invert and len(frames) == 1
-    expected_hu = ds.pixel_array.astype(np.int32) * int(ds.RescaleSlope) + int(ds.RescaleIntercept)
-    np.testing.assert_array_equal(frames[0], expected_hu)
-
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     out = tmp_path / "out"
     assert cli.main(["predict", str(models["seg"]), str(path), "-o", str(out), "-q", "--window", "-160", "240"]) == 0
     with PIL.Image.open(out / "CT_small_mask.png") as mask:
         assert mask.size == (ds.Columns, ds.Rows)
-        assert set(np.unique(np.array(mask)).tolist()) <= {0, 255}
+        labels = np.array(mask)
+    assert set(np.unique(labels).tolist()) <= {0, 255}
+    expected = direct(models["seg"], [np.clip((hu + 160) / 400, 0, 1)], segmentation=True)[0]
+    assert (labels == expected.astype(np.uint8) * 255).mean() >= 0.999
     assert (out / "CT_small_overlay.png").exists()
+    assert read_summary(out)["inputs"][0]["intensity"] == {"source": "window", "window": [-160.0, 240.0]}
+    # no --window, no processor window, no VOI window in the file: the file's own range, in HU (rescale applied)
+    assert cli.main(["predict", str(models["seg"]), str(path), "-o", str(tmp_path / "range"), "-q"]) == 0
+    intensity = read_summary(tmp_path / "range")["inputs"][0]["intensity"]
+    assert intensity == {"source": "range", "window": [float(hu.min()), float(hu.max())]}
+
+
+def test_dicom_series_folders_give_nifti_masks_in_the_series_geometry(tmp_path, monkeypatch):
+    nibabel = pytest.importorskip("nibabel")
+    pytest.importorskip("pydicom")
+    hu = synthetic_series(tmp_path / "study" / "1.2.840.99")  # a UID as folder name: kept whole in the output name
+    synthetic_series(tmp_path / "second")
+    # a stand-in model whose masks are known (above 0.5 after the series' own window, center 40 width 400: the 300 HU
+    # box), on coronal slices (the acquired planes, 20 x 24) at the processor's size, so no resizing blurs them
+    processor = VMUNetImageProcessor(num_channels=1, normalization_mode="standard", size={"height": 20, "width": 24})
+    monkeypatch.setattr(cli, "load_model", lambda *args: (ThresholdModel(), processor, "segmentation"))
+    out = tmp_path / "out"
+    args = [str(tmp_path / "study" / "*"), str(tmp_path / "second"), "--dicom-series", "--axis", "coronal"]
+    assert cli.main(["predict", "threshold-model", *args, "-o", str(out), "-q"]) == 0
+
+    summary = read_summary(out)
+    assert sorted(summary["outputs"]) == ["1.2.840.99_seg.nii.gz", "second_seg.nii.gz"]
+    assert [i["intensity"] for i in summary["inputs"]] == [{"source": "dicom voi"}] * 2
+    assert summary["counts"]["images"] == 8  # 4 coronal slices per series
+    for name in ("1.2.840.99", "second"):
+        mask = nibabel.load(out / f"{name}_seg.nii.gz")
+        assert mask.shape == (24, 20, 4) and int(mask.header["sform_code"]) == 1  # the series' voxel order
+        np.testing.assert_allclose(mask.affine, series_affine(), atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), (hu > 0).transpose(2, 1, 0))
+    assert_committed(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -340,30 +420,14 @@ def test_command_errors(models, tmp_path, monkeypatch, capsys):
         assert cli.main(["predict", str(models["seg"]), image, "-o", str(out), "--device", "cuda:1"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     dicom = str(ct_small())
-    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if pydicom were not installed
-    assert cli.main(["predict", str(models["seg"]), dicom, "-o", str(out)]) == 2
-    assert "pip install hf-medmamba[medical]" in capsys.readouterr().err
+    nameless = shutil.copy(dicom, tmp_path / "scan")  # no extension: found to be DICOM only when it is read
+    ct = str(data_path("ct_abdomen_organs", "nifti", "ct.nii.gz"))
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "pydicom", None)  # as if pydicom were not installed
+        for inputs, output in (([dicom], out), (["--dicom-series", str(empty)], out), ([nameless], tmp_path / "o")):
+            assert cli.main(["predict", str(models["seg"]), *map(str, inputs), "-o", str(output)]) == 2
+            assert "needs pydicom: pip install 'hf-medmamba[medical]'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "monai", None)
+    assert cli.main(["predict", str(models["seg"]), ct, "-o", str(out)]) == 2
+    assert "reading NIfTI volumes needs monai: pip install 'hf-medmamba[medical]'" in capsys.readouterr().err
     assert not out.exists()
-
-
-def test_input_collection_and_output_names(tmp_path):
-    (tmp_path / "a" / "deep").mkdir(parents=True)
-    (tmp_path / "b").mkdir()
-    for name in ("a/x.png", "a/x.dcm", "a/deep/y.nii.gz", "a/.hidden.png", "a/readme.md", "b/x.png"):
-        (tmp_path / name).write_bytes(b"")
-    out = tmp_path / "a" / "out"
-    out.mkdir()
-    (out / "old_mask.png").write_bytes(b"")  # earlier outputs inside an input folder are not inputs
-    found, unmatched = cli_inputs.collect_inputs(
-        [str(tmp_path / "a"), str(tmp_path / "a" / "x.png"), str(tmp_path / "*" / "x.png"), "nothing*.png"], out
-    )
-    assert [f.relative_to(tmp_path).as_posix() for f, _ in found] == [
-        "a/x.dcm",
-        "a/x.png",
-        "a/deep/y.nii.gz",
-        "b/x.png",
-    ]
-    assert unmatched == ["nothing*.png"]
-    stems = cli_inputs.output_stems([relative for _, relative in found])
-    assert [s.as_posix() for s in stems] == ["x_dcm", "x_png", "deep/y", "b/x"]
-    assert cli_inputs.output_stems([Path("x.png"), Path("x.png")]) == [Path("x_png"), Path("x_png_2")]
