@@ -1,6 +1,6 @@
 """MedMamba configuration."""
 
-from .configuration_ssm import SS2DModelConfig
+from .configuration_ssm import SS2DBackboneConfig
 
 
 MEDMAMBA_PRESETS = {
@@ -16,10 +16,11 @@ MEDMAMBA_AUTO_MAP = {
     "AutoConfig": "configuration_medmamba.MedMambaConfig",
     "AutoModel": "modeling_medmamba.MedMambaModel",
     "AutoModelForImageClassification": "modeling_medmamba.MedMambaForImageClassification",
+    "AutoBackbone": "modeling_medmamba.MedMambaBackbone",
 }
 
 
-class MedMambaConfig(SS2DModelConfig):
+class MedMambaConfig(SS2DBackboneConfig):
     r"""
     Configuration of a [`MedMambaModel`] / [`MedMambaForImageClassification`] (Yue & Li, 2024). The defaults give
     MedMamba-T; [`MedMambaConfig.from_preset`] gives the upstream variants ``"medmamba-t"``, ``"medmamba-s"`` and

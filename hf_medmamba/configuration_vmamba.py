@@ -1,6 +1,6 @@
 """VMamba (v0, "vanilla") configuration: the backbone of VM-UNet and the ImageNet classifier it was pretrained as."""
 
-from .configuration_ssm import SS2DModelConfig
+from .configuration_ssm import SS2DBackboneConfig
 
 
 VMAMBA_PRESETS = {
@@ -12,10 +12,11 @@ VMAMBA_AUTO_MAP = {
     "AutoConfig": "configuration_vmamba.VMambaConfig",
     "AutoModel": "modeling_vmamba.VMambaModel",
     "AutoModelForImageClassification": "modeling_vmamba.VMambaForImageClassification",
+    "AutoBackbone": "modeling_vmamba.VMambaBackbone",
 }
 
 
-class VMambaConfig(SS2DModelConfig):
+class VMambaConfig(SS2DBackboneConfig):
     r"""
     Configuration of a [`VMambaModel`] / [`VMambaForImageClassification`]: the first-generation VMamba (Liu et al.,
     2024, commit 0ec6c27), a stack of VSS blocks (LayerNorm -> SS2D -> DropPath, residual) with patch merging, a final
