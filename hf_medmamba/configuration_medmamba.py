@@ -1,6 +1,6 @@
 """MedMamba configuration."""
 
-from .configuration_ssm import SS2DModelConfig
+from .configuration_ssm import SS2DBackboneConfig
 
 
 MEDMAMBA_PRESETS = {
@@ -16,14 +16,15 @@ MEDMAMBA_AUTO_MAP = {
     "AutoConfig": "configuration_medmamba.MedMambaConfig",
     "AutoModel": "modeling_medmamba.MedMambaModel",
     "AutoModelForImageClassification": "modeling_medmamba.MedMambaForImageClassification",
+    "AutoBackbone": "modeling_medmamba.MedMambaBackbone",
 }
 
 
-class MedMambaConfig(SS2DModelConfig):
+class MedMambaConfig(SS2DBackboneConfig):
     r"""
-    Configuration of a [`MedMambaModel`] / [`MedMambaForImageClassification`] (Yue & Li, 2024). The defaults give
-    MedMamba-T; [`MedMambaConfig.from_preset`] gives the upstream variants ``"medmamba-t"``, ``"medmamba-s"`` and
-    ``"medmamba-b"``.
+    Configuration of a [`MedMambaModel`] / [`MedMambaForImageClassification`] / [`MedMambaBackbone`] (Yue & Li,
+    2024). The defaults give MedMamba-T; [`MedMambaConfig.from_preset`] gives the upstream variants ``"medmamba-t"``,
+    ``"medmamba-s"`` and ``"medmamba-b"``.
 
     Args:
         num_channels (`int`, defaults to 3):
@@ -58,6 +59,10 @@ class MedMambaConfig(SS2DModelConfig):
         num_labels / id2label / label2id / problem_type:
             As in every transformers classifier. `problem_type` selects the loss: `"single_label_classification"`
             (cross-entropy, upstream), `"multi_label_classification"` (BCE with logits) or `"regression"` (MSE).
+        out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
+            For [`MedMambaBackbone`] (`AutoBackbone`): the feature maps it returns, by name from `stage_names`
+            (`"stem"`, the patch embedding, then `"stage1"` .. `"stage4"`, each stage before its downsampling) or
+            by index into it. Defaults to the last stage.
 
     Input sizes: height and width must be multiples of 32 (the four stages downsample by 4, 2, 2, 2) and at least
     32. Other sizes raise an error that says so; the image processor resizes to 224 x 224 by default.

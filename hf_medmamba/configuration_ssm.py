@@ -4,6 +4,7 @@ Reading a configuration imports no layers and no scan: only transformers' `Pretr
 """
 
 from transformers import PretrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from .scan_backends import SCAN_BACKENDS
 
@@ -127,3 +128,18 @@ class SS2DModelConfig(PretrainedConfig):
     def from_preset(cls, name, **kwargs):
         """A configuration from ``cls.presets``; ``kwargs`` override the preset's settings."""
         return cls(**preset_kwargs(cls.presets, name, kwargs, cls.__name__))
+
+
+class SS2DBackboneConfig(BackboneConfigMixin, SS2DModelConfig):
+    """Base of the configurations whose models also serve as backbones of dense-prediction heads (``AutoBackbone``).
+
+    Adds transformers' backbone settings: ``stage_names`` (``"stem"``, the patch embedding, then ``"stage1"`` ..
+    ``"stageN"``, each stage's output before its downsampling) and ``out_features`` / ``out_indices``, which select the
+    feature maps the backbone returns (by default the last stage, as in transformers' backbones).
+    """
+
+    def __init__(self, out_features=None, out_indices=None, **kwargs):
+        kwargs.pop("stage_names", None)  # written by `to_dict`; always follows from the depths
+        super().__init__(**kwargs)
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, len(self.depths) + 1)]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)

@@ -1,6 +1,6 @@
 """VMamba (v0, "vanilla") configuration: the backbone of VM-UNet and the ImageNet classifier it was pretrained as."""
 
-from .configuration_ssm import SS2DModelConfig
+from .configuration_ssm import SS2DBackboneConfig
 
 
 VMAMBA_PRESETS = {
@@ -12,15 +12,16 @@ VMAMBA_AUTO_MAP = {
     "AutoConfig": "configuration_vmamba.VMambaConfig",
     "AutoModel": "modeling_vmamba.VMambaModel",
     "AutoModelForImageClassification": "modeling_vmamba.VMambaForImageClassification",
+    "AutoBackbone": "modeling_vmamba.VMambaBackbone",
 }
 
 
-class VMambaConfig(SS2DModelConfig):
+class VMambaConfig(SS2DBackboneConfig):
     r"""
-    Configuration of a [`VMambaModel`] / [`VMambaForImageClassification`]: the first-generation VMamba (Liu et al.,
-    2024, commit 0ec6c27), a stack of VSS blocks (LayerNorm -> SS2D -> DropPath, residual) with patch merging, a final
-    LayerNorm and a pooled linear head. [`VMambaConfig.from_preset`]`("vmamba-s")` gives VMamba-S, whose ImageNet
-    weights initialise VM-UNet's encoder.
+    Configuration of a [`VMambaModel`] / [`VMambaForImageClassification`] / [`VMambaBackbone`]: the first-generation
+    VMamba (Liu et al., 2024, commit 0ec6c27), a stack of VSS blocks (LayerNorm -> SS2D -> DropPath, residual) with
+    patch merging, a final LayerNorm and a pooled linear head. [`VMambaConfig.from_preset`]`("vmamba-s")` gives
+    VMamba-S, whose ImageNet weights initialise VM-UNet's encoder.
 
     Args:
         num_channels (`int`, defaults to 3): Channels of the input images.
@@ -33,6 +34,7 @@ class VMambaConfig(SS2DModelConfig):
         layer_norm_eps (`float`, defaults to 1e-5): Epsilon of every LayerNorm.
         initializer_range (`float`, defaults to 0.02): Std of the truncated-normal init of Linear layers.
         scan_backend (`str`, defaults to `"auto"`): Selective-scan backend (see [`MedMambaConfig`]).
+        out_features, out_indices: The feature maps of [`VMambaBackbone`] (see [`MedMambaConfig`]).
 
     Height and width must be multiples of 32; the image processor resizes to 256 and centre-crops 224.
     """

@@ -1,5 +1,6 @@
 """What the MedMamba, VMamba and VM-UNet model classes share: the scan-backend switch, upstream's weight
-initialisation, the classifier output, and a clear error for unusable weight files."""
+initialisation, the encoder's forward pass, the classifier output, the backbone for dense-prediction heads, and a
+clear error for unusable weight files."""
 
 import contextlib
 import math
@@ -7,11 +8,13 @@ import math
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutputWithNoAttention
 
 from .scan_backends import SCAN_BACKENDS
 from .ss2d import SS2D
-from .validation import check_class_labels
+from .validation import check_class_labels, check_pixel_values
+from .vss_layers import PatchEmbed2D, VSSEncoder
 
 
 class SSMPreTrainedMixin:
@@ -107,6 +110,18 @@ def channels_first(states):
     return tuple(h.permute(0, 3, 1, 2) for h in states)
 
 
+def encode(model, pixel_values, model_name):
+    """The encoder pass of MedMamba's and VMamba's ``patch_embed`` and ``layers`` on checked ``pixel_values``.
+
+    Returns the patch embedding and, per stage, the output before and after its patch merging, all channels-last.
+    """
+    multiple = model.config.size_multiple
+    check_pixel_values(pixel_values, model.config.num_channels, model_name, multiple=multiple, min_size=multiple)
+    embeddings = model.patch_embed(pixel_values.to(model.patch_embed.proj.weight.dtype))  # (B, H/4, W/4, C0)
+    stage_outputs, merged_outputs = model.layers(embeddings)
+    return embeddings, stage_outputs, merged_outputs
+
+
 def classifier_output(model, logits, labels, hidden_states, return_dict):
     """The `ImageClassifierOutputWithNoAttention` of a classifier head, with transformers' problem-type loss.
 
@@ -119,3 +134,44 @@ def classifier_output(model, logits, labels, hidden_states, return_dict):
         loss = model.loss_function(labels=labels, pooled_logits=logits, config=model.config)
     output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=hidden_states)
     return output if return_dict else output.to_tuple()
+
+
+class SSMBackboneMixin(BackboneMixin):
+    """transformers' `BackboneMixin` for MedMamba and VMamba (mixed in before their ``*PreTrainedModel``), for
+    dense-prediction heads such as `UperNetForSemanticSegmentation`.
+
+    The backbone holds the base model's ``patch_embed`` and ``layers`` under the same parameter paths, so a base
+    model's or classifier's folder loads into it (the classifier's ``head`` and VMamba's final ``norm`` are left
+    out). Its stages, ``config.stage_names``: ``stem`` (the patch embedding) and ``stage1`` .. ``stage4``, each
+    stage's output *before* its patch merging, at strides 4, 8, 16 and 32 as in transformers' Swin and ConvNeXt
+    backbones. ``config.out_features`` picks the feature maps, channels-first (B, C, H, W) and without extra norms.
+    Subclasses set ``block_class``.
+    """
+
+    block_class = None
+    has_attentions = False
+    _auto_class = "AutoBackbone"
+    _keys_to_ignore_on_load_unexpected = [r"^head\."]  # a classifier's head: not part of the backbone
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.patch_embed = PatchEmbed2D(config.patch_size, config.num_channels, config.dims[0], config.layer_norm_eps)
+        self.layers = VSSEncoder(config, self.block_class)
+        self.num_features = [config.dims[0], *config.dims]
+        self.post_init()
+
+    def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""
+        Returns a `BackboneOutput`: ``feature_maps``, one (batch, C, H, W) tensor per entry of ``out_features``, and
+        with ``output_hidden_states`` the stem and every stage output (before merging), all channels-first.
+        """
+        config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        embeddings, stage_outputs, _ = encode(self, pixel_values, type(self).__name__)
+        hidden_states = channels_first([embeddings, *stage_outputs])
+        feature_maps = tuple(h for name, h in zip(self.stage_names, hidden_states) if name in self.out_features)
+        output = BackboneOutput(
+            feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None
+        )
+        return output if return_dict else output.to_tuple()

@@ -12,9 +12,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_medmamba import MedMambaConfig
-from .modeling_common import SSMPreTrainedMixin, channels_first, classifier_output
+from .modeling_common import SSMBackboneMixin, SSMPreTrainedMixin, channels_first, classifier_output, encode
 from .ss2d import SS2D
-from .validation import check_pixel_values
 from .vss_layers import DropPath, PatchEmbed2D, VSSEncoder
 
 
@@ -88,12 +87,7 @@ class MedMambaModel(MedMambaPreTrainedModel):
         config = self.config
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.return_dict if return_dict is None else return_dict
-        multiple = config.size_multiple
-        check_pixel_values(pixel_values, config.num_channels, "MedMamba", multiple=multiple, min_size=multiple)
-
-        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
-        embeddings = self.patch_embed(pixel_values)  # (B, H/4, W/4, C0), channels-last
-        _, merged = self.layers(embeddings)  # each stage after its patch merging (the last stage has none)
+        embeddings, _, merged = encode(self, pixel_values, "MedMamba")  # merged: each stage after its patch merging
         last_hidden_state = merged[-1].permute(0, 3, 1, 2)  # (B, C, H/32, W/32)
         pooled_output = last_hidden_state.mean(dim=(2, 3))  # upstream's avgpool
 
@@ -129,4 +123,11 @@ class MedMambaForImageClassification(MedMambaPreTrainedModel):
         return classifier_output(self, logits, labels, outputs.hidden_states, return_dict)
 
 
-__all__ = ["MedMambaForImageClassification", "MedMambaModel", "MedMambaPreTrainedModel"]
+class MedMambaBackbone(SSMBackboneMixin, MedMambaPreTrainedModel):
+    """MedMamba's patch embedding and Conv-SSM stages as a transformers backbone (`AutoBackbone`): the stride-4 stem
+    and the four stage outputs before their downsampling, channels-first (see `SSMBackboneMixin`)."""
+
+    block_class = MedMambaBlock
+
+
+__all__ = ["MedMambaBackbone", "MedMambaForImageClassification", "MedMambaModel", "MedMambaPreTrainedModel"]

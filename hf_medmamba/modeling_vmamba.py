@@ -10,8 +10,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from .configuration_vmamba import VMambaConfig
-from .modeling_common import SSMPreTrainedMixin, channels_first, classifier_output
-from .validation import check_pixel_values
+from .modeling_common import SSMBackboneMixin, SSMPreTrainedMixin, channels_first, classifier_output, encode
 from .vss_layers import PatchEmbed2D, VSSBlock, VSSEncoder
 
 
@@ -42,12 +41,7 @@ class VMambaModel(VMambaPreTrainedModel):
         config = self.config
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = config.return_dict if return_dict is None else return_dict
-        multiple = config.size_multiple
-        check_pixel_values(pixel_values, config.num_channels, "VMamba", multiple=multiple, min_size=multiple)
-
-        pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
-        embeddings = self.patch_embed(pixel_values)  # (B, H/4, W/4, C0), channels-last
-        _, merged = self.layers(embeddings)  # each stage after its patch merging (the last stage has none)
+        embeddings, _, merged = encode(self, pixel_values, "VMamba")  # merged: each stage after its patch merging
         last_hidden_state = self.norm(merged[-1]).permute(0, 3, 1, 2)  # (B, C, H/32, W/32)
         pooled_output = last_hidden_state.mean(dim=(2, 3))
 
@@ -81,4 +75,17 @@ class VMambaForImageClassification(VMambaPreTrainedModel):
         return classifier_output(self, logits, labels, outputs.hidden_states, return_dict)
 
 
-__all__ = ["VMambaForImageClassification", "VMambaModel", "VMambaPreTrainedModel"]
+class VMambaBackbone(SSMBackboneMixin, VMambaPreTrainedModel):
+    """VMamba v0's patch embedding and VSS stages (not its final norm) as a transformers backbone (`AutoBackbone`):
+    the stride-4 stem and the four stage outputs before their downsampling, channels-first (see `SSMBackboneMixin`).
+
+    VMamba-S weights converted by ``conversion/convert_vmamba.py classifier`` load into it. Under
+    `UperNetForSemanticSegmentation` it is the architecture of VMamba's segmentation setting, without upstream's extra
+    per-stage output norms (README: "Backbones for dense heads").
+    """
+
+    block_class = VSSBlock
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^(vmamba\.)?norm\."]  # the classifier's head and final norm
+
+
+__all__ = ["VMambaBackbone", "VMambaForImageClassification", "VMambaModel", "VMambaPreTrainedModel"]

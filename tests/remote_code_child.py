@@ -1,6 +1,7 @@
 """Run in a fresh process by test_remote_code.py: load saved folders as remote code, with hf_medmamba unimportable.
 
-Argument: a JSON file with a list of cases {folder, auto_classes, task, input, expected, image}. Prints one JSON line.
+Argument: a JSON file with a list of cases {folder, auto_classes, task, input, expected, image} and optionally
+backbone {repo_id, out_features, expected}: load that Hub id (HF_ENDPOINT) as AutoBackbone. Prints one JSON line.
 """
 
 import importlib.abc
@@ -36,6 +37,8 @@ def check(case):
                 out = model(inputs)
             report["max_abs_diff"] = (out.logits - expected).abs().max().item()
             report["scan_backend"] = model.config.scan_backend
+    if "backbone" in case:
+        check_backbone(case["backbone"], inputs, report)
     processor = AutoImageProcessor.from_pretrained(case["folder"], trust_remote_code=True)
     report["classes"]["AutoImageProcessor"] = type(processor).__module__
     pipe = pipeline(case["task"], model=case["folder"], trust_remote_code=True)
@@ -48,6 +51,19 @@ def check(case):
     ]
     report["hf_medmamba_imported"] = any(m == "hf_medmamba" or m.startswith("hf_medmamba.") for m in sys.modules)
     return report
+
+
+def check_backbone(spec, inputs, report):
+    backbone = transformers.AutoBackbone.from_pretrained(
+        spec["repo_id"], trust_remote_code=True, out_features=spec["out_features"]
+    ).eval()
+    report["classes"]["AutoBackbone"] = type(backbone).__module__
+    with torch.no_grad():
+        maps = backbone(inputs).feature_maps
+    expected = torch.load(spec["expected"], weights_only=True)
+    report["backbone_channels"] = backbone.channels
+    report["backbone_shapes"] = [list(m.shape) for m in maps]
+    report["backbone_max_abs_diff"] = max((m - e).abs().max().item() for m, e in zip(maps, expected, strict=True))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def test_trainer_saved_checkpoint_passes_the_dry_run(tmp_path):
         "AutoConfig": "configuration_medmamba.MedMambaConfig",
         "AutoModel": "modeling_medmamba.MedMambaModel",
         "AutoModelForImageClassification": "modeling_medmamba.MedMambaForImageClassification",
+        "AutoBackbone": "modeling_medmamba.MedMambaBackbone",
     }
     processor_map = json.loads((folder / "preprocessor_config.json").read_text())["auto_map"]
     assert processor_map == {"AutoImageProcessor": "image_processing_medmamba.MedMambaImageProcessor"}
