@@ -103,12 +103,6 @@ Every number here was measured by a script in this folder; each section names th
 """
 
 
-_HEADER = """# Benchmark results
-
-Every number here was measured by a script in this folder; each section names the command that produced it.
-"""
-
-
 def write_section(name, body):
     """Replace (or append) the section ``## name`` of RESULTS.md with ``body``."""
     text = RESULTS.read_text() if RESULTS.exists() else _HEADER
