@@ -54,6 +54,30 @@ def test_whole_tiny_models_have_no_graph_break(kind, backend):
     assert count == 0, reasons  # input checks, scan dispatch and the scan operators all trace
 
 
+@pytest.mark.parametrize("kind", ["medmamba", "vmunet"])
+def test_with_labels_the_only_graph_breaks_are_the_label_checks(kind):
+    """Validating the labels (values in range, no raw {0, 255} masks) reads them: two data-dependent breaks, both in
+    `hf_medmamba.validation`; the model, the scan and the loss trace."""
+    x = torch.randn(2, 3, 64, 64)
+    if kind == "medmamba":
+        model, labels, check = (
+            MedMambaForImageClassification(MedMambaConfig(**TINY, num_labels=3)),
+            torch.tensor([0, 2]),
+            "check_class_labels",
+        )
+    else:
+        config = VMUNetConfig(**TINY, depths_decoder=[1, 1, 1, 1], id2label={0: "b", 1: "l"}, sigmoid_head=True)
+        model, labels, check = (
+            VMUNetForSegmentation(config),
+            torch.randint(0, 2, (2, 64, 64)),
+            "check_segmentation_labels",
+        )
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model.eval())(x, labels=labels)
+    assert explanation.graph_break_count == 2
+    assert [reason.user_stack[-1].name for reason in explanation.break_reasons] == [check, check]
+
+
 def test_the_scan_operators_are_registered_once():
     torch.zeros(1)  # the operators exist once the backends' modules are imported
     for name in ("cpu_scan_forward", "cpu_scan_backward", "chunked_scan_forward", "chunked_scan_backward"):
