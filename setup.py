@@ -71,7 +71,7 @@ setup(
     packages=["hf_medmamba", "hf_medmamba.kernels", "hf_medmamba.tools"],
     package_data={
         "hf_medmamba.kernels": ["*.cpp"],
-        "hf_medmamba.tools": ["templates/*.md", "data/*.json", "data/*.md"],
+        "hf_medmamba.tools": ["templates/*.md", "data/*.json", "data/*.md", "data/*.bib"],
     },
     install_requires=CORE,
     extras_require=EXTRAS,

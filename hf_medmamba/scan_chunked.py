@@ -229,17 +229,12 @@ def _backward_fake(u, dt, A, B, C, start, grad_y, grad_last):
     return [torch.empty_like(t) for t in (u, dt, A, B, C)]
 
 
-@custom_op("chunked_scan_backward", fake=_backward_fake)
-def _chunked_scan_backward(
-    u: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    start: torch.Tensor,
-    grad_y: torch.Tensor,
-    grad_last: torch.Tensor,
-) -> list[torch.Tensor]:
+@custom_op(
+    "chunked_scan_backward",
+    "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor start, Tensor grad_y, Tensor grad_last) -> Tensor[]",
+    fake=_backward_fake,
+)
+def _chunked_scan_backward(u, dt, A, B, C, start, grad_y, grad_last):
     """Gradients of u, dt, A, B and C of `_chunked_scan_forward` (see `_chunked_backward`)."""
     lay = _ChunkLayout(u, dt, A, B, C)
     grad_dtu, grad_dt_a, grad_A, grad_B, grad_C = _chunked_backward(lay, start, grad_y.contiguous(), grad_last)
@@ -255,10 +250,13 @@ def _backward(ctx, grad_y, grad_last, _):
     return tuple(_chunked_scan_backward(u, dt, A, B, C, start, grad_y, grad_last))
 
 
-@custom_op("chunked_scan_forward", fake=_forward_fake, autograd=(_backward, _setup_context))
-def _chunked_scan_forward(
-    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@custom_op(
+    "chunked_scan_forward",
+    "(Tensor u, Tensor dt, Tensor A, Tensor B, Tensor C) -> (Tensor, Tensor, Tensor)",
+    fake=_forward_fake,
+    autograd=(_backward, _setup_context),
+)
+def _chunked_scan_forward(u, dt, A, B, C):
     """y_core = <h_t, C_t> (b, d, L), h_L (b, d, n) and the chunk start states a backward needs, for given step sizes
     ``dt`` (softplus, bias, D and z are applied around it). An operator, so that `torch.compile` sees one node, not
     the Python loops inside."""

@@ -65,20 +65,13 @@ def _mamba_backward_fake(u, delta, A, B, C, D, z, delta_bias, grad_y, grad_last,
     return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
-@custom_op("mamba_ssm_scan_backward", fake=_mamba_backward_fake)
-def _mamba_backward(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    grad_y: torch.Tensor,
-    grad_last: torch.Tensor,
-    softplus: bool,
-) -> list[torch.Tensor]:
+@custom_op(
+    "mamba_ssm_scan_backward",
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+    "Tensor grad_y, Tensor grad_last, bool softplus) -> Tensor[]",
+    fake=_mamba_backward_fake,
+)
+def _mamba_backward(u, delta, A, B, C, D, z, delta_bias, grad_y, grad_last, softplus):
     """Gradients of every input (empty for an absent one): mamba-ssm's own backward, reached by running its forward
     again with autograd (its kernel keeps its intermediate states internal to its autograd function)."""
     inputs = [None if t is None else t.detach().requires_grad_() for t in (u, delta, A, B, C, D, z, delta_bias)]
@@ -107,18 +100,14 @@ def _mamba_autograd(ctx, grad_y, grad_last):
     return (*(g if present else None for g, present in zip(grads, ctx.present)), None)
 
 
-@custom_op("mamba_ssm_scan_forward", fake=_mamba_fake, autograd=(_mamba_autograd, _mamba_setup_context))
-def _mamba_forward(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    softplus: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@custom_op(
+    "mamba_ssm_scan_forward",
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+    "bool softplus) -> (Tensor, Tensor)",
+    fake=_mamba_fake,
+    autograd=(_mamba_autograd, _mamba_setup_context),
+)
+def _mamba_forward(u, delta, A, B, C, D, z, delta_bias, softplus):
     """``(y, h_L)`` from mamba-ssm's ``selective_scan_fn`` (float32 CUDA tensors, grouped ``B``, ``C``)."""
     with torch.no_grad():
         y, last = mamba_ssm_kernel()(

@@ -23,9 +23,10 @@ def existing_op(name):
     return getattr(namespace, name).default if hasattr(namespace, name) else None
 
 
-def custom_op(name, fake, autograd=None, mutates_args=()):
-    """Decorator: ``hf_medmamba::name`` from the function (schema from its annotations), with its fake implementation
-    and, optionally, its autograd formula ``(backward, setup_context)``. Returns the operator's default overload.
+def custom_op(name, schema, fake, autograd=None):
+    """Decorator: ``hf_medmamba::name`` with the operator ``schema`` (e.g. ``"(Tensor u, int n) -> Tensor"``), the
+    decorated function as its implementation, its fake implementation and, optionally, its autograd formula
+    ``(backward, setup_context)``. Returns the operator's default overload.
 
     When the operator already exists (another copy of hf_medmamba defined it), it is reused if its schema is the one
     this function would get, and refused with an error that says so otherwise.
@@ -33,7 +34,7 @@ def custom_op(name, fake, autograd=None, mutates_args=()):
     qualname = f"{NAMESPACE}::{name}"
 
     def define(fn):
-        wanted = str(torch._C.parse_schema(qualname + torch.library.infer_schema(fn, mutates_args=mutates_args)))
+        wanted = str(torch._C.parse_schema(qualname + schema))
         existing = existing_op(name)
         if existing is not None:
             if str(existing._schema) != wanted:
@@ -44,7 +45,7 @@ def custom_op(name, fake, autograd=None, mutates_args=()):
                     "the model was saved with, or re-save the model with the installed one."
                 )
             return existing
-        op = torch.library.custom_op(qualname, fn, mutates_args=mutates_args)
+        op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
         op.register_fake(fake)
         if autograd is not None:
             op.register_autograd(autograd[0], setup_context=autograd[1])

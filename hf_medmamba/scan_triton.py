@@ -137,6 +137,13 @@ def _state_buffers(u, delta, A, B, C, D, delta_bias, z, return_last, save_checkp
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+_FORWARD_SCHEMA = (  # the forward operator's schema
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, Tensor? z, "
+    "Tensor? order, bool softplus, bool return_last, bool save_checkpoints, int chunk) -> (Tensor, "
+    "Tensor, Tensor)"
+)
+
+
 def _scan_forward_fake(u, delta, A, B, C, D, delta_bias, z, order, softplus, return_last, save_checkpoints, chunk):
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     y = u.new_empty(u.shape, dtype=u.dtype if order is None else dtype)
@@ -167,23 +174,13 @@ def _backward(ctx, dy, dlast, _):
     return (*grads[:5], *optional, None, None, None, None, None)
 
 
-@custom_op("triton_scan_backward", fake=_scan_backward_fake)
-def scan_backward_op(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    z: torch.Tensor | None,
-    order: torch.Tensor | None,
-    checkpoints: torch.Tensor,
-    dy: torch.Tensor,
-    dlast: torch.Tensor | None,
-    softplus: bool,
-    chunk: int,
-) -> list[torch.Tensor]:
+@custom_op(
+    "triton_scan_backward",
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, Tensor? z, "
+    "Tensor? order, Tensor checkpoints, Tensor dy, Tensor? dlast, bool softplus, int chunk) -> Tensor[]",
+    fake=_scan_backward_fake,
+)
+def scan_backward_op(u, delta, A, B, C, D, delta_bias, z, order, checkpoints, dy, dlast, softplus, chunk):
     """Gradients of u, delta, A, B, C, D, delta_bias and z (empty for an absent input) of `scan_forward_op`."""
     _check_runtime(u)
     run = _Launch(u, delta, A, B, C, D, delta_bias, z, order, softplus, chunk)
@@ -246,22 +243,8 @@ def scan_backward_op(
     ]
 
 
-@custom_op("triton_scan_forward", fake=_scan_forward_fake, autograd=(_backward, _setup_context))
-def scan_forward_op(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    z: torch.Tensor | None,
-    order: torch.Tensor | None,
-    softplus: bool,
-    return_last: bool,
-    save_checkpoints: bool,
-    chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@custom_op("triton_scan_forward", _FORWARD_SCHEMA, fake=_scan_forward_fake, autograd=(_backward, _setup_context))
+def scan_forward_op(u, delta, A, B, C, D, delta_bias, z, order, softplus, return_last, save_checkpoints, chunk):
     """y, the last state and the chunk checkpoints. Without ``order``: the plain scan, y (b, d, L) in u's dtype.
     With ``order`` (K, L): K directions over a shared u (b, Dk, L), y (b, Dk, L) summed over them, compute dtype."""
     _check_runtime(u)

@@ -135,17 +135,7 @@ def _runnable(name, dtype, d_state):
 
 
 def selective_scan(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    return_last_state=False,
-    backend="auto",
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, backend="auto"
 ):
     """mamba-ssm's ``selective_scan_fn`` on the backend `resolve_scan_backend` picks for ``u``.
 

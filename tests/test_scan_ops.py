@@ -7,7 +7,10 @@ import torch
 from hf_medmamba.scan_ops import custom_op, existing_op
 
 
-def _twice(x: torch.Tensor, factor: int) -> torch.Tensor:
+SCHEMA = "(Tensor x, int factor) -> Tensor"
+
+
+def _twice(x, factor):
     return x * factor
 
 
@@ -16,21 +19,22 @@ def _twice_fake(x, factor):
 
 
 def test_defined_once_reused_with_the_same_schema_refused_with_another():
-    op = custom_op("test_scale", fake=_twice_fake)(_twice)
+    op = custom_op("test_scale", SCHEMA, fake=_twice_fake)(_twice)
     assert existing_op("test_scale") is op
     assert torch.equal(op(torch.ones(2), 3), torch.full((2,), 3.0))
 
-    def _twice_again(x: torch.Tensor, factor: int) -> torch.Tensor:  # a second copy of the same definition
+    def _twice_again(x, factor):  # a second copy of the same definition
         raise AssertionError("the existing operator must be reused, not redefined")
 
-    assert custom_op("test_scale", fake=_twice_fake)(_twice_again) is op
+    assert custom_op("test_scale", SCHEMA, fake=_twice_fake)(_twice_again) is op
     assert torch.equal(op(torch.ones(2), 2), torch.full((2,), 2.0))
 
-    def _other_version(x: torch.Tensor, factor: float, extra: bool) -> torch.Tensor:
+    def _other_version(x, factor, extra):
         return x
 
+    other = "(Tensor x, float factor, bool extra) -> Tensor"
     with pytest.raises(RuntimeError, match=r"already defined as(.|\n)*Two different versions of hf_medmamba"):
-        custom_op("test_scale", fake=_twice_fake)(_other_version)
+        custom_op("test_scale", other, fake=_twice_fake)(_other_version)
 
 
 def test_an_undefined_operator_is_none():

@@ -191,6 +191,13 @@ def _merge_table(walk, merge):
     return None if walk is None else torch.tensor(merge, dtype=torch.int64)
 
 
+_FORWARD_SCHEMA = (  # the forward operator's schema
+    "(Tensor u, Tensor delta, Tensor A, Tensor bc, Tensor? D, Tensor? delta_bias, Tensor? walk, "
+    "int[] merge, int library, int height, int width, bool softplus, "
+    "bool save_checkpoints) -> (Tensor, Tensor, Tensor)"
+)
+
+
 def _forward_fake(u, delta, A, bc, D, delta_bias, walk, merge, library, height, width, softplus, save_checkpoints):
     b, d, L = delta.shape
     n_pad, segment = A.shape[1], _LIBRARIES[library].segment
@@ -204,24 +211,16 @@ def _backward_fake(u, delta, A, bc, D, delta_bias, walk, merge, checkpoints, dy,
     return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(bc), *optional]
 
 
-@custom_op("cpu_scan_backward", fake=_backward_fake)
+@custom_op(
+    "cpu_scan_backward",
+    "(Tensor u, Tensor delta, Tensor A, Tensor bc, Tensor? D, Tensor? delta_bias, Tensor? walk, "
+    "int[] merge, Tensor checkpoints, Tensor dy, Tensor? dlast, int library, int height, int width, "
+    "bool softplus) -> Tensor[]",
+    fake=_backward_fake,
+)
 def _scan_backward(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    bc: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    walk: torch.Tensor | None,
-    merge: list[int],
-    checkpoints: torch.Tensor,
-    dy: torch.Tensor,
-    dlast: torch.Tensor | None,
-    library: int,
-    height: int,
-    width: int,
-    softplus: bool,
-) -> list[torch.Tensor]:
+    u, delta, A, bc, D, delta_bias, walk, merge, checkpoints, dy, dlast, library, height, width, softplus
+):
     """Gradients of u, delta, A, bc, D and delta_bias (empty for an absent input) of `_scan_forward`."""
     lib = _LIBRARIES[library]
     b, d, n_pad = delta.shape[0], delta.shape[1], A.shape[1]
@@ -262,22 +261,8 @@ def _backward(ctx, dy, dlast, _):
     return du, ddelta, dA, dbc, dD if D is not None else None, dbias if delta_bias is not None else None, *[None] * 7
 
 
-@custom_op("cpu_scan_forward", fake=_forward_fake, autograd=(_backward, _setup_context))
-def _scan_forward(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    bc: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    walk: torch.Tensor | None,
-    merge: list[int],
-    library: int,
-    height: int,
-    width: int,
-    softplus: bool,
-    save_checkpoints: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@custom_op("cpu_scan_forward", _FORWARD_SCHEMA, fake=_forward_fake, autograd=(_backward, _setup_context))
+def _scan_forward(u, delta, A, bc, D, delta_bias, walk, merge, library, height, width, softplus, save_checkpoints):
     """y (plain: y = <h_t, C_t> + D u_t, (b, d, L); SS2D with ``height`` > 0: (b, d / 4, L) summed over the four
     directions walked by ``walk`` and added in ``merge`` order), the last state (plain only; else empty) and the
     checkpoints a backward needs (empty unless ``save_checkpoints``). B and C are the two halves of ``bc``'s rows."""

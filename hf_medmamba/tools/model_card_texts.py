@@ -2,35 +2,28 @@
 and per kind of model (MedMamba, VMamba, VM-UNet in the ISIC or Synapse setting) its title, summary, intended use,
 limitations, training data and default licence. `hf_medmamba.tools.model_card` fills the template with them."""
 
+import re
+from pathlib import Path
+
+
 BASE_TAGS = ["medical-imaging", "mamba", "state-space-model", "vision-mamba", "custom_code"]
 
-CITATIONS = {
-    "medmamba": """@misc{yue2024medmamba,
-  title         = {MedMamba: Vision Mamba for Medical Image Classification},
-  author        = {Yue, Yubiao and Li, Zhenzhang},
-  year          = {2024},
-  eprint        = {2403.03849},
-  archivePrefix = {arXiv},
-  url           = {https://arxiv.org/abs/2403.03849}
-}""",
-    "vmunet": """@misc{ruan2024vmunet,
-  title         = {VM-UNet: Vision Mamba UNet for Medical Image Segmentation},
-  author        = {Ruan, Jiacheng and Li, Jincheng and Xiang, Suncheng},
-  year          = {2024},
-  eprint        = {2402.02491},
-  archivePrefix = {arXiv},
-  url           = {https://arxiv.org/abs/2402.02491}
-}""",
-    "vmamba": """@misc{liu2024vmamba,
-  title         = {VMamba: Visual State Space Model},
-  author        = {Liu, Yue and Tian, Yunjie and Zhao, Yuzhong and Yu, Hongtian and Xie, Lingxi and Wang, Yaowei
-                   and Ye, Qixiang and Liu, Yunfan},
-  year          = {2024},
-  eprint        = {2401.10166},
-  archivePrefix = {arXiv},
-  url           = {https://arxiv.org/abs/2401.10166}
-}""",
-}
+CITATIONS_FILE = Path(__file__).with_name("data") / "citations.bib"
+CITATION_KEYS = {
+    "medmamba": "yue2024medmamba",
+    "vmunet": "ruan2024vmunet",
+    "vmamba": "liu2024vmamba",
+}  # paper -> BibTeX key in citations.bib
+
+
+def _citations():
+    """Paper -> its BibTeX entry, from citations.bib."""
+    entries = [entry.strip() for entry in re.split(r"\n(?=@)", CITATIONS_FILE.read_text().strip())]
+    by_key = {re.match(r"@\w+\{([^,]+),", entry).group(1): entry for entry in entries}
+    return {paper: by_key[key] for paper, key in CITATION_KEYS.items()}
+
+
+CITATIONS = _citations()
 
 UPSTREAM = {
     "medmamba": ("https://github.com/YubiaoYue/MedMamba", "commit 104beb3; model file last changed in ba7ac24"),
