@@ -86,9 +86,9 @@ def classification_runs(seeds, quick):
     if quick:
         common += ["--max_steps", "2", "--max_eval_samples", "16", "--max_predict_samples", "16"]
     runs = []
-    for label, model in CLASSIFIERS.items():
-        slug = label.split(" ")[0].lower()
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an unfinished reproduction has already compared every model
+        for label, model in CLASSIFIERS.items():
+            slug = label.split(" ")[0].lower()
             runs.append(Run(f"breastmnist/{slug}/seed{seed}", "breastmnist", label, seed,
                             "run_image_classification.py", [*model, *common]))  # fmt: skip
     return runs
@@ -104,9 +104,9 @@ def segmentation_runs(seeds, quick, steps=None):
     if quick:
         common += ["--max_eval_samples", "4", "--max_predict_samples", "4"]
     runs = []
-    for label, model in SEGMENTERS.items():
-        slug = label.split(",")[0].split(" ")[0].lower()
-        for seed in seeds:
+    for seed in seeds:
+        for label, model in SEGMENTERS.items():
+            slug = label.split(",")[0].split(" ")[0].lower()
             budget = ["--max_steps", "2"] if quick else ["--num_train_epochs", str(EQUAL_EPOCHS)]
             runs.append(Run(f"busi_seg/equal_epochs/{slug}/seed{seed}", "segmentation", label, seed,
                             "run_semantic_segmentation.py", [*model, *common, *budget], "equal epochs"))  # fmt: skip
@@ -226,6 +226,11 @@ def execute(run, root, log):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def finished(root, run):
+    folder = root / "runs" / run.name
+    return (folder / "all_results.json").is_file() and (folder / "run.json").is_file()
+
+
 def load(root, run):
     folder = root / "runs" / run.name
     results = json.loads((folder / "all_results.json").read_text())
@@ -243,15 +248,19 @@ def mean_sd(values, scale=100.0, digits=1):
 
 def breastmnist_table(root, runs):
     lines = [
-        "| model | test OA (%) | test AUC | test macro F1 (%) | validation OA of the chosen checkpoint (%) | "
+        "| model | seeds | test OA (%) | test AUC | test macro F1 (%) | validation OA of the chosen checkpoint (%) | "
         "optimiser steps | wall time per run |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label in CLASSIFIERS:
-        rows = [load(root, r) for r in runs if r.model == label]
+        chosen = [r for r in runs if r.model == label]
+        rows = [load(root, r) for r in chosen if finished(root, r)]
+        if not rows:
+            lines.append(f"| {label} | 0 of {len(chosen)} | not run yet | | | | | |")
+            continue
         results = [r for r, _, _ in rows]
         lines.append(
-            f"| {label} | {mean_sd([r['test_accuracy'] for r in results])} | "
+            f"| {label} | {len(rows)} of {len(chosen)} | {mean_sd([r['test_accuracy'] for r in results])} | "
             f"{mean_sd([r['test_auc'] for r in results], scale=1.0, digits=3)} | "
             f"{mean_sd([r['test_f1'] for r in results])} | "
             f"{mean_sd([state.get('best_metric', float('nan')) for _, _, state in rows])} | "
@@ -263,17 +272,22 @@ def breastmnist_table(root, runs):
 
 def segmentation_table(root, runs, protocol, steps=None):
     lines = [
-        "| model | test DSC (%) | test mIoU (%) | test mean per-image Dice (%) | optimiser steps | wall time per run |",
-        "|---|---|---|---|---|---|",
+        "| model | seeds | test DSC (%) | test mIoU (%) | test mean per-image Dice (%) | optimiser steps | "
+        "wall time per run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label in SEGMENTERS:
         chosen = [r for r in runs if r.model == label and r.protocol == protocol]
         if protocol == "equal time" and label.startswith("VM-UNet"):
             chosen = [r for r in runs if r.model == label and r.protocol == "equal epochs"]
-        rows = [load(root, r) for r in chosen]
+        rows = [load(root, r) for r in chosen if finished(root, r)]
+        if not rows:
+            lines.append(f"| {label} | 0 of {len(chosen)} | not run yet | | | | |")
+            continue
         results = [r for r, _, _ in rows]
         lines.append(
-            f"| {label} | {mean_sd([r['test_dsc'] for r in results])} | {mean_sd([r['test_miou'] for r in results])} | "
+            f"| {label} | {len(rows)} of {len(chosen)} | {mean_sd([r['test_dsc'] for r in results])} | "
+            f"{mean_sd([r['test_miou'] for r in results])} | "
             f"{mean_sd([r['test_mean_image_dice'] for r in results])} | "
             f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))} | "
             f"{statistics.fmean(rec['wall_seconds'] for _, rec, _ in rows) / 60:.1f} min |"
@@ -282,10 +296,18 @@ def segmentation_table(root, runs, protocol, steps=None):
 
 
 def tables(root, runs, timing, quick):
-    """The markdown of every table, built from the runs' JSON files."""
-    first = json.loads((root / "runs" / runs[0].name / "run.json").read_text())
-    m = first["machine"]
-    total = sum(json.loads((root / "runs" / r.name / "run.json").read_text())["wall_seconds"] for r in runs)
+    """The markdown of every table, built from the JSON files of the finished runs."""
+    done = [r for r in runs if finished(root, r)]
+    if not done:
+        raise FileNotFoundError(f"no finished run in {root / 'runs'}: run examples/reproduce.py first")
+    m = json.loads((root / "runs" / done[0].name / "run.json").read_text())["machine"]
+    total = sum(json.loads((root / "runs" / r.name / "run.json").read_text())["wall_seconds"] for r in done)
+    partial = (
+        f" **Unfinished: {len(done)} of {len(runs)} runs so far** (the seeds column says which rows are complete; "
+        "`python examples/reproduce.py` runs the rest)."
+        if len(done) < len(runs)
+        else ""
+    )
     cls = [r for r in runs if r.table == "breastmnist"]
     seg = [r for r in runs if r.table == "segmentation"]
     seeds = sorted({r.seed for r in runs})
@@ -295,7 +317,7 @@ def tables(root, runs, timing, quick):
         f"Built by `python examples/reproduce.py{' --quick' if quick else ''}` from the `all_results.json` of "
         f"{len(runs)} runs (seeds {', '.join(map(str, seeds))}; mean ± sample sd over the seeds). Machine: {m['cpu']}, "
         f"{m['logical_cpus']} logical CPUs, Python {m['python']}, torch {m['torch']}, transformers "
-        f"{m['transformers']}. Total wall time of the runs: {total / 3600:.2f} h.",
+        f"{m['transformers']}. Total wall time of the finished runs: {total / 3600:.2f} h.{partial}",
         "",
         "### BreastMNIST (test split; checkpoint chosen on the validation split)",
         "",
@@ -350,6 +372,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="One seed and a few steps per run (<= 2 min in all).")
     parser.add_argument("--only", default="", help="Run only the runs whose folder name starts with this (e.g. "
                         "busi_seg), to share the work between processes; the tables are then not rebuilt.")  # fmt: skip
+    parser.add_argument("--tables_only", action="store_true", help="Run nothing: build the tables from the runs "
+                        "finished so far (rows say how many seeds they hold).")  # fmt: skip
     args = parser.parse_args(argv)
     root = Path(args.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -369,7 +393,7 @@ def main(argv=None):
         timing_file.write_text(json.dumps(timing, indent=1))
     runs = classification_runs(seeds, args.quick) + segmentation_runs(seeds, args.quick, timing["steps"])
     for run in runs:
-        if run.name.startswith(args.only):
+        if run.name.startswith(args.only) and not args.tables_only:
             execute(run, root, log)
     if args.only:
         return None
