@@ -23,6 +23,8 @@ The tables:
   at **equal training time**: every model gets the steps that fit in the time VM-UNet's 60 epochs take, from training
   step times measured in this process (round-robin medians, so a busy machine slows all models alike; stored in
   ``step_times.json`` so that a resumed reproduction keeps its budgets).
+- **Follow-ups**: one seed of the equal-epoch setting with one change each, testing an explanation of a result above
+  (``FOLLOW_UPS``: the question each one asks and its arguments).
 
 Budgets: runs are fixed in epochs or steps (never in minutes, so that a busy machine changes their wall time but not
 their numbers); each full run takes at most about 20 minutes on this project's 2-core CPU, and the whole reproduction
@@ -114,6 +116,26 @@ def segmentation_runs(seeds, quick, steps=None):
                 budget = ["--max_steps", str(steps[label]), "--num_train_epochs", "100000"]
                 runs.append(Run(f"busi_seg/equal_time/{slug}/seed{seed}", "segmentation", label, seed,
                                 "run_semantic_segmentation.py", [*model, *common, *budget], "equal time"))  # fmt: skip
+    return runs
+
+
+# Follow-ups: single runs that test an explanation of a result in the tables (label -> (question, extra arguments)).
+FOLLOW_UPS = {
+    "SegFormer-B2 (transformers), learning rate 1e-4": (
+        "Does SegFormer-B2 predict background only at equal epochs because VM-UNet's 1e-3 is too high for it?",
+        ["--learning_rate", "1e-4"],
+    ),
+}
+
+
+def follow_up_runs(quick):
+    """Seed 0 of each follow-up: the equal-epoch segmentation run with the follow-up's arguments added."""
+    runs = []
+    for label, (question, extra) in FOLLOW_UPS.items():
+        base = next(r for r in segmentation_runs([0], quick) if label.startswith(r.model.split(" ")[0]))
+        slug = label.split(" ")[0].lower() + "-" + "-".join(a.lstrip("-").replace("_", "-") for a in extra)
+        runs.append(Run(f"busi_seg/follow_ups/{slug}/seed0", "follow-up", label, 0, base.script,
+                        [*base.args, *extra], question))  # fmt: skip
     return runs
 
 
@@ -295,6 +317,23 @@ def segmentation_table(root, runs, protocol, steps=None):
     return lines
 
 
+def follow_up_table(root, runs):
+    lines = [
+        "| run | question | test DSC (%) | test mIoU (%) | test mean per-image Dice (%) | optimiser steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        if not finished(root, run):
+            lines.append(f"| {run.model} | {run.protocol} | not run yet | | | |")
+            continue
+        results, _, state = load(root, run)
+        lines.append(
+            f"| {run.model} | {run.protocol} | {100 * results['test_dsc']:.1f} | {100 * results['test_miou']:.1f} | "
+            f"{100 * results['test_mean_image_dice']:.1f} | {state.get('global_step', 0)} |"
+        )
+    return lines
+
+
 def tables(root, runs, timing, quick):
     """The markdown of every table, built from the JSON files of the finished runs."""
     done = [r for r in runs if finished(root, r)]
@@ -310,6 +349,7 @@ def tables(root, runs, timing, quick):
     )
     cls = [r for r in runs if r.table == "breastmnist"]
     seg = [r for r in runs if r.table == "segmentation"]
+    follow_ups = [r for r in runs if r.table == "follow-up"]
     seeds = sorted({r.seed for r in runs})
     out = [
         "## Reproduction summary",
@@ -334,6 +374,10 @@ def tables(root, runs, timing, quick):
         + f"; budget {timing['budget_seconds'] / 60:.1f} min of training steps (VM-UNet's equal-epoch run).",
         "",
         *segmentation_table(root, seg, "equal time"),
+        "",
+        "### Follow-ups (seed 0; equal-epoch setting with one change)",
+        "",
+        *follow_up_table(root, follow_ups),
         "",
         "Commands (each run also adds `--seed S --output_dir DIR --disable_tqdm True`):",
         "",
@@ -392,6 +436,7 @@ def main(argv=None):
         timing = {"step_seconds": step_seconds, "steps": steps, "budget_seconds": budget}
         timing_file.write_text(json.dumps(timing, indent=1))
     runs = classification_runs(seeds, args.quick) + segmentation_runs(seeds, args.quick, timing["steps"])
+    runs += follow_up_runs(args.quick)
     for run in runs:
         if run.name.startswith(args.only) and not args.tables_only:
             execute(run, root, log)
