@@ -125,6 +125,10 @@ FOLLOW_UPS = {
         "Does SegFormer-B2 predict background only at equal epochs because VM-UNet's 1e-3 is too high for it?",
         ["--learning_rate", "1e-4"],
     ),
+    "VM-UNet, paper configuration (ours), learning rate 1e-4": (
+        "SegFormer-B2 does better at 1e-4: does VM-UNet too (1e-3 is the paper's rate for a pretrained encoder)?",
+        ["--learning_rate", "1e-4"],
+    ),
 }
 
 
@@ -133,7 +137,7 @@ def follow_up_runs(quick):
     runs = []
     for label, (question, extra) in FOLLOW_UPS.items():
         base = next(r for r in segmentation_runs([0], quick) if label.startswith(r.model.split(" ")[0]))
-        slug = label.split(" ")[0].lower() + "-" + "-".join(a.lstrip("-").replace("_", "-") for a in extra)
+        slug = base.name.split("/")[2] + "-" + "-".join(a.lstrip("-").replace("_", "-") for a in extra)
         runs.append(Run(f"busi_seg/follow_ups/{slug}/seed0", "follow-up", label, 0, base.script,
                         [*base.args, *extra], question))  # fmt: skip
     return runs
