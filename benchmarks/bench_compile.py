@@ -18,18 +18,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_models
 from _common import machine, median_time, parse_bench_args, write_section
 from bench_models import build
 
 
-# name -> (model, image size, batch, mode, scan backend)
-CASES = {
-    "MedMamba-T b1": ("medmamba-t", 224, 1, "forward", "auto"),
-    "MedMamba-T train b8": ("medmamba-t", 224, 8, "train", "auto"),
-    "VM-UNet b1": ("vmunet", 256, 1, "forward", "auto"),
-    "VM-UNet train b4": ("vmunet", 256, 4, "train", "auto"),
-    "MedMamba-T b1, pure PyTorch scan": ("medmamba-t", 224, 1, "forward", "chunked"),
-}
+# The cases of bench_models.py that are ours: name -> (model, image size, batch, mode, scan backend)
+OURS = ("MedMamba-T b1", "MedMamba-T train b8", "VM-UNet b1", "VM-UNet train b4", "MedMamba-T b1, pure PyTorch scan")
+CASES = {name: bench_models.CASES[name] for name in OURS}
 
 
 def make_calls(model_name, size, batch, mode, scan_backend):
