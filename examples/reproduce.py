@@ -5,11 +5,11 @@
 
 Each run is one call of ``examples/run_image_classification.py`` or ``examples/run_semantic_segmentation.py`` in its
 own process, with its seed, writing ``all_results.json`` into ``<output_dir>/runs/<name>``; a run whose
-``all_results.json`` exists is skipped, so an interrupted reproduction resumes where it stopped (the run it was in
-starts again: its checkpoints hold no optimiser state). ``--only PREFIX`` runs a subset, so that two processes can
-share the runs (with ``OMP_NUM_THREADS=1`` each on 2 cores). The tables (mean ± sd
-over the seeds) are then built only from those JSON files and the run records (``run.json``: the exact command, its
-wall time, machine and versions).
+``all_results.json`` and ``run.json`` exist is skipped, so an interrupted reproduction resumes where it stopped (the
+run it was in starts again: its checkpoints hold no optimiser state). ``--only PREFIX`` runs a subset, so that two
+processes can share the runs (with ``OMP_NUM_THREADS=1`` each on 2 cores). The tables (mean ± sd over the seeds) are
+then built only from those JSON files and the run records (``run.json``: the exact command, its wall time, machine and
+versions).
 
 The tables:
 
@@ -228,7 +228,7 @@ def command(run, output_dir):
 def execute(run, root, log):
     """Run ``run`` unless its ``all_results.json`` exists; record the command, wall time, machine and versions."""
     folder = root / "runs" / run.name
-    if (folder / "all_results.json").is_file():
+    if finished(root, run):
         log(f"skip {run.name} (all_results.json exists)")
         return
     if folder.exists():  # an interrupted run: its checkpoints hold no optimiser state, so start it again
@@ -343,8 +343,9 @@ def tables(root, runs, timing, quick):
     done = [r for r in runs if finished(root, r)]
     if not done:
         raise FileNotFoundError(f"no finished run in {root / 'runs'}: run examples/reproduce.py first")
-    m = json.loads((root / "runs" / done[0].name / "run.json").read_text())["machine"]
-    total = sum(json.loads((root / "runs" / r.name / "run.json").read_text())["wall_seconds"] for r in done)
+    records = [load(root, r)[1] for r in done]
+    m = records[0]["machine"]
+    total = sum(record["wall_seconds"] for record in records)
     partial = (
         f" **Unfinished: {len(done)} of {len(runs)} runs so far** (the seeds column says which rows are complete; "
         "`python examples/reproduce.py` runs the rest)."
