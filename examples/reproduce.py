@@ -119,7 +119,7 @@ def segmentation_runs(seeds, quick, steps=None):
     return runs
 
 
-# Follow-ups: single runs that test an explanation of a result in the tables (label -> (question, extra arguments)).
+# Follow-ups: runs that test an explanation of a result in the tables (label -> (question, extra arguments)).
 FOLLOW_UPS = {
     "SegFormer-B2 (transformers), learning rate 1e-4": (
         "Does SegFormer-B2 predict background only at equal epochs because VM-UNet's 1e-3 is too high for it?",
@@ -129,17 +129,22 @@ FOLLOW_UPS = {
         "SegFormer-B2 does better at 1e-4: does VM-UNet too (1e-3 is the paper's rate for a pretrained encoder)?",
         ["--learning_rate", "1e-4"],
     ),
+    "SegFormer-B0 (transformers), learning rate 1e-4": (
+        "And SegFormer-B0, so that the three models also compare at 1e-4?",
+        ["--learning_rate", "1e-4"],
+    ),
 }
 
 
-def follow_up_runs(quick):
-    """Seed 0 of each follow-up: the equal-epoch segmentation run with the follow-up's arguments added."""
+def follow_up_runs(seeds, quick):
+    """Each follow-up is the equal-epoch segmentation run with the follow-up's arguments added, for every seed."""
     runs = []
-    for label, (question, extra) in FOLLOW_UPS.items():
-        base = next(r for r in segmentation_runs([0], quick) if label.startswith(r.model.split(" ")[0]))
-        slug = base.name.split("/")[2] + "-" + "-".join(a.lstrip("-").replace("_", "-") for a in extra)
-        runs.append(Run(f"busi_seg/follow_ups/{slug}/seed0", "follow-up", label, 0, base.script,
-                        [*base.args, *extra], question))  # fmt: skip
+    for seed in seeds:
+        for label, (question, extra) in FOLLOW_UPS.items():
+            base = next(r for r in segmentation_runs([seed], quick) if label.startswith(r.model.split(" ")[0]))
+            slug = base.name.split("/")[2] + "-" + "-".join(a.lstrip("-").replace("_", "-") for a in extra)
+            runs.append(Run(f"busi_seg/follow_ups/{slug}/seed{seed}", "follow-up", label, seed, base.script,
+                            [*base.args, *extra], question))  # fmt: skip
     return runs
 
 
@@ -323,17 +328,21 @@ def segmentation_table(root, runs, protocol, steps=None):
 
 def follow_up_table(root, runs):
     lines = [
-        "| run | question | test DSC (%) | test mIoU (%) | test mean per-image Dice (%) | optimiser steps |",
-        "|---|---|---|---|---|---|",
+        "| model, change | question | seeds | test DSC (%) | test mIoU (%) | test mean per-image Dice (%) | "
+        "optimiser steps |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for run in runs:
-        if not finished(root, run):
-            lines.append(f"| {run.model} | {run.protocol} | not run yet | | | |")
+    for label, (question, _) in FOLLOW_UPS.items():
+        chosen = [r for r in runs if r.model == label]
+        rows = [load(root, r) for r in chosen if finished(root, r)]
+        if not rows:
+            lines.append(f"| {label} | {question} | 0 of {len(chosen)} | not run yet | | | |")
             continue
-        results, _, state = load(root, run)
+        results = [r for r, _, _ in rows]
         lines.append(
-            f"| {run.model} | {run.protocol} | {100 * results['test_dsc']:.1f} | {100 * results['test_miou']:.1f} | "
-            f"{100 * results['test_mean_image_dice']:.1f} | {state.get('global_step', 0)} |"
+            f"| {label} | {question} | {len(rows)} of {len(chosen)} | {mean_sd([r['test_dsc'] for r in results])} | "
+            f"{mean_sd([r['test_miou'] for r in results])} | {mean_sd([r['test_mean_image_dice'] for r in results])} | "
+            f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))} |"
         )
     return lines
 
@@ -380,7 +389,7 @@ def tables(root, runs, timing, quick):
         "",
         *segmentation_table(root, seg, "equal time"),
         "",
-        "### Follow-ups (seed 0; equal-epoch setting with one change)",
+        "### Follow-ups (equal-epoch setting with one change)",
         "",
         *follow_up_table(root, follow_ups),
         "",
@@ -441,7 +450,7 @@ def main(argv=None):
         timing = {"step_seconds": step_seconds, "steps": steps, "budget_seconds": budget}
         timing_file.write_text(json.dumps(timing, indent=1))
     runs = classification_runs(seeds, args.quick) + segmentation_runs(seeds, args.quick, timing["steps"])
-    runs += follow_up_runs(args.quick)
+    runs += follow_up_runs(seeds, args.quick)
     for run in runs:
         if run.name.startswith(args.only) and not args.tables_only:
             execute(run, root, log)
