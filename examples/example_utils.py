@@ -463,7 +463,20 @@ def resolve_checkpoint(training_args):
                 f"Checkpoint detected, resuming training at {checkpoint}. To train from scratch instead, give "
                 "--overwrite_output_dir or another --output_dir."
             )
+    if checkpoint is not None and not _holds_optimizer_state(checkpoint):
+        raise ValueError(
+            f"{checkpoint} holds the model only (it was saved with --save_only_model), so training cannot resume from "
+            "it: the optimizer and the learning-rate schedule would start again. Give --overwrite_output_dir (or "
+            "another --output_dir) to train from scratch, or --model_name_or_path with this folder to start a new run "
+            "from its weights."
+        )
     return checkpoint
+
+
+def _holds_optimizer_state(checkpoint):
+    """Whether ``checkpoint`` has the Trainer's optimizer state (a file or, with DeepSpeed / FSDP, a folder)."""
+    names = os.listdir(checkpoint) if os.path.isdir(checkpoint) else []
+    return any("optimizer" in name or name.startswith("global_step") for name in names)
 
 
 def json_safe(value):

@@ -235,6 +235,25 @@ def test_resumed_training_reaches_the_weights_of_an_uninterrupted_run(tmp_path, 
     assert steps.count == 2 and (tmp_path / "interrupted" / "checkpoint-8").is_dir()
 
 
+def test_a_model_only_checkpoint_is_not_resumed_from(tmp_path, datasets_cache):
+    """A --save_only_model checkpoint has no optimizer or scheduler state: resuming from it (by itself or with
+    --resume_from_checkpoint) is refused with the way out, and its weights can start a new run instead."""
+    script = example("run_image_classification")
+    args = ["--max_train_samples", "4", "--per_device_train_batch_size", "2", "--save_strategy", "steps"]
+    args += ["--save_steps", "1", "--save_only_model", "True"]
+    first = script.main(classification_args(tmp_path / "first", datasets_cache, *args, "--max_steps", "1"))
+    checkpoint = tmp_path / "first" / "checkpoint-1"
+    assert first["trainer"].state.global_step == 1 and not any("optimizer" in p.name for p in checkpoint.iterdir())
+    for extra in ([], ["--resume_from_checkpoint", str(checkpoint)]):
+        with pytest.raises(ValueError, match=r"holds the model only.*--overwrite_output_dir"):
+            script.main(classification_args(tmp_path / "first", datasets_cache, *args, "--max_steps", "2", *extra))
+    again = script.main(
+        classification_args(tmp_path / "second", datasets_cache, "--model_name_or_path", str(checkpoint), "--max_steps",
+                            "1", "--max_train_samples", "4", "--per_device_train_batch_size", "2")
+    )  # fmt: skip
+    assert again["trainer"].state.global_step == 1
+
+
 def test_two_processes_with_gloo_share_the_data(tmp_path, datasets_cache):
     """torchrun with 2 processes on CPU: world size 2 (use_cpu set by the script), disjoint shards covering the data,
     and a loss that is not multiplied by the number of processes."""
