@@ -130,6 +130,12 @@ class VSSEncoder(nn.ModuleList):
             for i in range(len(dims))
         )
 
+    def __getitem__(self, index):
+        """A slice is a plain ``nn.ModuleList`` of those stages (this class is built from a config, not a list)."""
+        if isinstance(index, slice):
+            return nn.ModuleList(list(self._modules.values())[index])
+        return super().__getitem__(index)
+
     def forward(self, hidden_states):
         stage_outputs, merged_outputs = [], []
         for stage in self:

@@ -61,6 +61,19 @@ def test_vmamba_encoder_is_vmunets():
         torch.testing.assert_close(u, v)
 
 
+def test_a_slice_of_the_encoder_runs_the_first_stages():
+    model = VMambaModel(tiny_config()).eval()
+    x = torch.randn(1, 3, 64, 64)
+    first_two = model.layers[:2]
+    assert isinstance(first_two, torch.nn.ModuleList) and list(first_two) == [model.layers[0], model.layers[1]]
+    with torch.no_grad():
+        hidden = model.patch_embed(x)
+        for stage in first_two:
+            hidden = stage(hidden)[1]
+        expected = model(x, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(hidden.permute(0, 3, 1, 2), expected)
+
+
 class TestVMamba(SSMModelTesterMixin):
     base_class = VMambaModel
     head_class = VMambaForImageClassification
