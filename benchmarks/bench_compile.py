@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_models
 from _common import machine, median_time, parse_bench_args, write_section
-from bench_models import build
+from bench_models import model_and_inputs
 
 
 # The cases of bench_models.py that are ours: name -> (model, image size, batch, mode, scan backend)
@@ -29,27 +29,17 @@ CASES = {name: bench_models.CASES[name] for name in OURS}
 
 
 def make_calls(model_name, size, batch, mode, scan_backend):
-    """(eager call, compiled call, their logits) on one model and one input."""
-    model = build(model_name, scan_backend)
+    """(eager call, compiled call) on one model and one input; each returns the logits (forward, no grad) or the
+    loss after its backward pass (training mode)."""
+    model, inputs = model_and_inputs(model_name, size, batch, mode, scan_backend)
     compiled = torch.compile(model, backend="inductor")
-    pixel_values = torch.randn(batch, 3, size, size)
-    if mode == "forward":
-        model.eval()
-
-        def call(m):
-            def run():
-                with torch.no_grad():
-                    return m(pixel_values=pixel_values).logits
-
-            return run
-
-        return call(model), call(compiled)
-    model.train()
-    labels = torch.randint(0, 2, (batch, size, size)) if model_name == "vmunet" else torch.randint(0, 3, (batch,))
 
     def call(m):
         def run():
-            loss = m(pixel_values=pixel_values, labels=labels).loss
+            if mode == "forward":
+                with torch.no_grad():
+                    return m(**inputs).logits
+            loss = m(**inputs).loss
             model.zero_grad(set_to_none=True)
             loss.backward()
             return loss.detach()

@@ -71,27 +71,33 @@ CASES = {
 }
 
 
+def model_and_inputs(model_name, size, batch, mode, scan_backend="auto"):
+    """The model, in eval mode for ``mode == "forward"`` and in train mode with random labels among its inputs else."""
+    model = build(model_name, scan_backend)
+    inputs = {"pixel_values": torch.randn(batch, 3, size, size)}
+    if mode == "forward":
+        return model.eval(), inputs
+    if isinstance(model, (VMUNetForSegmentation, transformers.SegformerForSemanticSegmentation)):
+        inputs["labels"] = torch.randint(0, 2, (batch, size, size))
+    else:
+        inputs["labels"] = torch.randint(0, 3, (batch,))
+    return model.train(), inputs
+
+
 def make_call(model_name, size, batch, mode, scan_backend="auto"):
     """A closure running one forward (no grad) or one training step (forward, backward, AdamW step)."""
-    model = build(model_name, scan_backend)
-    pixel_values = torch.randn(batch, 3, size, size)
+    model, inputs = model_and_inputs(model_name, size, batch, mode, scan_backend)
     if mode == "forward":
-        model.eval()
 
         def run():
             with torch.no_grad():
-                model(pixel_values=pixel_values)
+                model(**inputs)
 
         return run
-    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    if isinstance(model, (VMUNetForSegmentation, transformers.SegformerForSemanticSegmentation)):
-        labels = torch.randint(0, 2, (batch, size, size))
-    else:
-        labels = torch.randint(0, 3, (batch,))
 
     def run():
-        loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss = model(**inputs).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
