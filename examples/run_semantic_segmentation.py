@@ -64,18 +64,16 @@ from example_data import (
     to_uint8_array,
 )
 from example_publishing import HubPublisher, finish_run, take_hub_settings
+from example_training import AugmentationEpochCallback, make_trainer, train_and_evaluate
 from example_utils import (
-    AugmentationEpochCallback,
     ModelLoadingArguments,
     RecipeTrainingArguments,
     hub_kwargs,
     json_safe,
     log_process,
-    make_trainer,
     parse_arguments,
     parse_json_argument,
     setup_logging,
-    train_and_evaluate,
 )
 
 import hf_medmamba

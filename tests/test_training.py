@@ -160,12 +160,12 @@ def test_isic_recipe_adamw_with_cosine_stepped_once_per_epoch(tmp_path, datasets
     )
 
     # the recipe's own T_max = 50 over its 300 epochs: 3 full oscillations (minimum at epochs 50, 150, 250)
-    utils = example("example_utils")
+    training = example("example_training")
 
     def optimizer():
         return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
 
-    factor = utils.epoch_cosine_schedule(optimizer(), 50, 1e-5, steps_per_epoch=3).lr_lambdas[0]
+    factor = training.epoch_cosine_schedule(optimizer(), 50, 1e-5, steps_per_epoch=3).lr_lambdas[0]
     reference = optimizer()
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=50, eta_min=1e-5)
     upstream = []
