@@ -23,8 +23,8 @@ The tables:
   at **equal training time**: every model gets the steps that fit in the time VM-UNet's 60 epochs take, from training
   step times measured in this process (round-robin medians, so a busy machine slows all models alike; stored in
   ``step_times.json`` so that a resumed reproduction keeps its budgets).
-- **Follow-ups**: one seed of the equal-epoch setting with one change each, testing an explanation of a result above
-  (``FOLLOW_UPS``: the question each one asks and its arguments).
+- **Follow-ups**: the equal-epoch setting with one change each (every seed), testing an explanation of a result
+  above (``FOLLOW_UPS``: the question each one asks and its arguments).
 
 Budgets: runs are fixed in epochs or steps (never in minutes, so that a busy machine changes their wall time but not
 their numbers); each full run takes at most about 20 minutes on this project's 2-core CPU, and the whole reproduction
