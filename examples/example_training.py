@@ -34,33 +34,38 @@ def build_optimizer(model, args):
 
 
 class EpochCosineFactor:
-    """LR factor at optimizer step ``step``: CosineAnnealingLR's value for the epoch ``step // steps_per_epoch``.
+    """LR factor at optimizer step ``step``: CosineAnnealingLR's value for the epoch ``step // steps_per_epoch``, times
+    a linear warm-up over the first ``warmup_steps`` steps (transformers' ``step / warmup_steps``; none by default).
 
     The closed form ``eta_min + (base - eta_min) * (1 + cos(pi * epoch / t_max)) / 2`` is what torch's scheduler gives
     when stepped once per epoch, also beyond ``t_max`` (it keeps oscillating with period ``2 * t_max``). A callable
     object rather than a lambda, so that `LambdaLR.state_dict` saves its settings with the checkpoint.
     """
 
-    def __init__(self, base_lr, t_max, eta_min, steps_per_epoch):
+    def __init__(self, base_lr, t_max, eta_min, steps_per_epoch, warmup_steps=0):
         self.base_lr, self.t_max, self.eta_min, self.steps_per_epoch = base_lr, t_max, eta_min, steps_per_epoch
+        self.warmup_steps = warmup_steps
 
     def __call__(self, step):
         epoch = step // self.steps_per_epoch
         lr = self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.t_max)) / 2
-        return lr / self.base_lr
+        warmup = step / self.warmup_steps if step < self.warmup_steps else 1.0
+        return warmup * lr / self.base_lr
 
 
-def epoch_cosine_schedule(optimizer, t_max, eta_min, steps_per_epoch):
-    """A `LambdaLR` (stepped by the Trainer after every optimizer step) that changes the LR only at epoch starts."""
+def epoch_cosine_schedule(optimizer, t_max, eta_min, steps_per_epoch, warmup_steps=0):
+    """A `LambdaLR` (stepped by the Trainer after every optimizer step) that changes the LR only at epoch starts, after
+    an optional linear warm-up over the first ``warmup_steps`` optimizer steps."""
     if t_max < 1 or steps_per_epoch < 1:
         raise ValueError(f"t_max and steps_per_epoch must be positive, got {t_max} and {steps_per_epoch}")
-    factors = [EpochCosineFactor(group["lr"], t_max, eta_min, steps_per_epoch) for group in optimizer.param_groups]
+    settings = (t_max, eta_min, steps_per_epoch, warmup_steps)
+    factors = [EpochCosineFactor(group["lr"], *settings) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 class RecipeTrainer(Trainer):
-    """`Trainer` with the recipes' per-epoch cosine schedule, a per-process record of the training examples seen, and
-    the plain per-batch mean losses of vision models.
+    """`Trainer` with the recipes' per-epoch cosine schedule (after ``--warmup_steps`` of linear warm-up), a
+    per-process record of the training examples seen, and the plain per-batch mean losses of vision models.
 
     The models' ``forward(**kwargs)`` would make the Trainer believe that they normalise their loss by
     ``num_items_in_batch``; they do not, so ``model_accepts_loss_kwargs`` is turned off (else the loss would be
@@ -84,7 +89,11 @@ class RecipeTrainer(Trainer):
             if self.update_steps_per_epoch is None:
                 raise RuntimeError("the per-epoch schedule needs the number of optimizer steps per epoch")
             self.lr_scheduler = epoch_cosine_schedule(
-                optimizer or self.optimizer, t_max, self.args.epoch_cosine_eta_min, self.update_steps_per_epoch
+                optimizer or self.optimizer,
+                t_max,
+                self.args.epoch_cosine_eta_min,
+                self.update_steps_per_epoch,
+                self.args.get_warmup_steps(num_training_steps),  # --warmup_steps (a fraction < 1: of all steps)
             )
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)

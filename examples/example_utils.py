@@ -167,7 +167,7 @@ class RecipeTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Cosine annealing stepped once per epoch, as torch's CosineAnnealingLR(T_max) called at each "
-            "epoch end (periodic beyond T_max); replaces lr_scheduler_type."
+            "epoch end (periodic beyond T_max), after --warmup_steps of linear warm-up; replaces lr_scheduler_type."
         },
     )
     epoch_cosine_eta_min: float = field(default=0.0, metadata={"help": "eta_min of the per-epoch cosine schedule."})

@@ -179,6 +179,23 @@ def test_isic_recipe_adamw_with_cosine_stepped_once_per_epoch(tmp_path, datasets
         assert ours[3 * epoch] == pytest.approx(lr, rel=1e-6), epoch
 
 
+def test_warmup_steps_warm_up_the_per_epoch_cosine(tmp_path, datasets_cache):
+    """--warmup_steps with a recipe's per-epoch cosine: a linear ramp (transformers' step / warmup_steps) times the
+    cosine's value for the step's epoch, then the cosine alone."""
+    rates = RecordLearningRates()
+    example("run_semantic_segmentation").main(
+        segmentation_args(
+            tmp_path, datasets_cache, "--recipe", "isic", "--max_train_samples", "4",
+            "--per_device_train_batch_size", "2", "--num_train_epochs", "4", "--epoch_cosine_t_max", "2",
+            "--warmup_steps", "3", "--save_strategy", "no",
+        ),
+        callbacks=[rates],
+    )  # fmt: skip
+    cosine = [1e-3, (1e-3 + 1e-5) / 2, 1e-5, (1e-3 + 1e-5) / 2]  # CosineAnnealingLR(T_max=2) at epochs 0..3
+    expected = [cosine[step // 2] * min(1.0, step / 3) for step in range(8)]
+    assert [lr for _, lr in rates.rates] == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
 def test_bf16_on_cpu_and_the_time_budget(tmp_path, datasets_cache):
     """--bf16 runs as CPU autocast; --max_train_minutes stops at the first step past the budget."""
     results = example("run_image_classification").main(
