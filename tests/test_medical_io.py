@@ -163,3 +163,20 @@ def test_label_maps_of_coarse_logits_are_upsampled_before_the_argmax():
     # the processor passes [0, 1] through (mean 0, std 1); bilinear upsampling keeps a linear ramp linear
     np.testing.assert_array_equal(labels, np.broadcast_to(ramp > 0.5, labels.shape).astype(np.int64))
     assert labels[:, 17].all() and not labels[:, 16].any()  # the coarse cell of columns 16..19 is above 0.5
+
+
+def test_image_frames_window_high_bit_depth_images_and_say_how():
+    """8-bit images pass as they are; 16-bit frames are windowed by each one's range (a record per frame when they
+    differ) or by the caller's window (one record)."""
+    plain = PIL.Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    frames, intensity = medical_io.image_frames([plain])
+    assert frames == [plain] and intensity == {"source": "8-bit"}
+    first, second = np.full((3, 4), 100, np.uint16), np.full((3, 4), 1000, np.uint16)
+    first[0, 0], second[0, 0] = 300, 5000
+    frames, intensity = medical_io.image_frames([first, second])
+    assert intensity == [{"source": "range", "window": [100.0, 300.0]}, {"source": "range", "window": [1000.0, 5000.0]}]
+    assert [f.max() for f in frames] == [1.0, 1.0] and [f.min() for f in frames] == [0.0, 0.0]
+    frames, intensity = medical_io.image_frames([first, second], window=(0, 1000))
+    assert intensity == {"source": "window", "window": [0.0, 1000.0]}
+    assert frames[1][1, 1] == pytest.approx(1.0) and frames[0][1, 1] == pytest.approx(0.1)
+    assert medical_io.image_frame(first, window=(0, 1000))[0, 0] == pytest.approx(0.3)

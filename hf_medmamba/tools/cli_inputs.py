@@ -189,7 +189,7 @@ class Source:
         elif self.kind == "dicom":
             frames, self.intensity = medical_io.dicom_frames(self.path, processor, window)
         else:
-            frames = [medical_io.image_frame(frame, processor, window) for frame in read_image(self.path)]
+            frames, self.intensity = medical_io.image_frames(read_image(self.path), processor, window)
         if not len(frames):
             raise ImageInputError("the file holds no image.")
         volume_like = self.kind in VOLUME_KINDS or len(frames) > 1

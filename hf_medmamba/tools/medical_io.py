@@ -353,13 +353,27 @@ def dicom_frames(path, processor=None, window=None):
     return list(values), intensity
 
 
+def image_frames(images, processor=None, window=None):
+    """(frames for the model, how they were windowed) of the 2-D images of one file: 8-bit images as they are;
+    16-bit, 32-bit and float ones windowed to [0, 1] like medical files (the caller's window, the processor's, else each
+    image's own range). The record is one JSON-ready dict when every frame got the same, else a list of them."""
+    frames, records = [], []
+    for image in images:
+        array = pil_to_array(image) if isinstance(image, PIL.Image.Image) else np.asarray(image)
+        if array.dtype in (np.uint8, np.bool_):
+            frames.append(image)
+            records.append({"source": "8-bit"})
+        else:
+            values, record = unit_intensities(array, processor, window)
+            frames.append(values)
+            records.append(record)
+    same = records and all(r == records[0] for r in records)
+    return frames, records[0] if same else records
+
+
 def image_frame(image, processor=None, window=None):
-    """A 2-D image for the model: 8-bit images as they are; 16-bit, 32-bit and float ones windowed to [0, 1] like
-    medical files (the caller's window, the processor's, else the image's own range)."""
-    array = pil_to_array(image) if isinstance(image, PIL.Image.Image) else np.asarray(image)
-    if array.dtype in (np.uint8, np.bool_):
-        return image
-    return unit_intensities(array, processor, window)[0]
+    """One image's frame of `image_frames`."""
+    return image_frames([image], processor, window)[0][0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -216,6 +216,7 @@ def test_binary_segmentation_masks_and_overlays(models, tmp_path):
     assert (mask == expected.astype(np.uint8) * 255).mean() >= 0.999
     summary = read_summary(out)
     assert summary["counts"]["outputs"] == 6
+    assert [i["intensity"] for i in summary["inputs"]] == [{"source": "8-bit"}] * 3
     assert {i["file"]: i["outputs"] for i in summary["inputs"]}[str(inputs / "small.png")] == [
         "small_mask.png",
         "small_overlay.png",
