@@ -270,6 +270,11 @@ def load(root, run):
     return results, record, state
 
 
+def threads(record):
+    """The torch threads a run used (records written before they were recorded: torch's default, one per CPU)."""
+    return record["machine"].get("torch_threads", record["machine"]["logical_cpus"])
+
+
 def mean_sd(values, scale=100.0, digits=1):
     values = [scale * v for v in values]
     mean = statistics.fmean(values)
@@ -355,6 +360,7 @@ def tables(root, runs, timing, quick):
     records = [load(root, r)[1] for r in done]
     m = records[0]["machine"]
     total = sum(record["wall_seconds"] for record in records)
+    core_hours = sum(record["wall_seconds"] * threads(record) for record in records) / 3600
     partial = (
         f" **Unfinished: {len(done)} of {len(runs)} runs so far** (the seeds column says which rows are complete; "
         "`python examples/reproduce.py` runs the rest)."
@@ -371,7 +377,8 @@ def tables(root, runs, timing, quick):
         f"Built by `python examples/reproduce.py{' --quick' if quick else ''}` from the `all_results.json` of "
         f"{len(runs)} runs (seeds {', '.join(map(str, seeds))}; mean ± sample sd over the seeds). Machine: {m['cpu']}, "
         f"{m['logical_cpus']} logical CPUs, Python {m['python']}, torch {m['torch']}, transformers "
-        f"{m['transformers']}. Total wall time of the finished runs: {total / 3600:.2f} h.{partial}",
+        f"{m['transformers']}. Total wall time of the finished runs: {total / 3600:.2f} h; CPU core-hours (wall time x "
+        f"threads of each run): {core_hours:.1f}.{partial}",
         "",
         "### BreastMNIST (test split; checkpoint chosen on the validation split)",
         "",
