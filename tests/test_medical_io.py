@@ -179,4 +179,4 @@ def test_image_frames_window_high_bit_depth_images_and_say_how():
     frames, intensity = medical_io.image_frames([first, second], window=(0, 1000))
     assert intensity == {"source": "window", "window": [0.0, 1000.0]}
     assert frames[1][1, 1] == pytest.approx(1.0) and frames[0][1, 1] == pytest.approx(0.1)
-    assert medical_io.image_frame(first, window=(0, 1000))[0, 0] == pytest.approx(0.3)
+    assert frames[0][0, 0] == pytest.approx(0.3)

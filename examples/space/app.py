@@ -103,7 +103,7 @@ class Case:
     def frame(self, index, processor):
         """Frame ``index`` as ``processor``'s model gets it (windowed for that model)."""
         if self.image is not None:
-            return medical_io.image_frame(self.image, processor)
+            return medical_io.image_frames([self.image], processor)[0][0]
         if self.dicom is not None:
             frames = np.stack(self.dicom.frames)
             display = None if self.dicom.display is None else np.stack(self.dicom.display)

@@ -11,17 +11,14 @@ The one path of ``hf-medmamba predict``, ``examples/evaluate_volumes.py`` and th
     write_label_volume(volume, stack_slices(labels, axis=2), "ct_seg.nii.gz")
 
 Intensities reach the model in [0, 1], windowed with the first of: the caller's window, the processor's ``window``
-(from ``preprocessor_config.json``), the DICOM file's VOI LUT or window (its display values; MONOCHROME1 inverted), the
-data's own range (per volume or per file, never per slice). 8-bit data is a display image and is divided by 255, as
-the processors take it. The frames are windowed here, so processors are called with ``do_window=False``
-(`model_inputs`).
+(``preprocessor_config.json``), the DICOM file's VOI LUT or window (display values; MONOCHROME1 inverted), the data's
+own range (per volume or file, never per slice). 8-bit data is a display image, divided by 255 as the processors do;
+processors get the windowed frames with ``do_window=False`` (`model_inputs`).
 
 Slices along ``axis`` (0 sagittal, 1 coronal, 2 axial, of the RAS volume) are shown as radiologists view them: axial
-with anterior at the top and the patient's right on the image's left (the orientation of
-``examples/data/ct_abdomen_organs/slices``), coronal with superior at the top and the patient's right on the left,
-sagittal with superior at the top and anterior on the left.
-
-MONAI, pydicom and nibabel are imported when first needed (``pip install hf-medmamba[medical]``). This module is not
+with anterior at the top and the patient's right on the image's left (as ``examples/data/ct_abdomen_organs/slices``),
+coronal with superior at the top and the patient's right on the left, sagittal with superior at the top and anterior
+on the left. MONAI, pydicom and nibabel are imported when first needed (``pip install hf-medmamba[medical]``). Not
 part of the Hub remote code.
 """
 
@@ -354,26 +351,17 @@ def dicom_frames(path, processor=None, window=None):
 
 
 def image_frames(images, processor=None, window=None):
-    """(frames for the model, how they were windowed) of the 2-D images of one file: 8-bit images as they are;
-    16-bit, 32-bit and float ones windowed to [0, 1] like medical files (the caller's window, the processor's, else each
-    image's own range). The record is one JSON-ready dict when every frame got the same, else a list of them."""
+    """(frames for the model, how they were windowed: one record, or one per frame if they differ) of one file's 2-D
+    images: 8-bit ones as they are, others windowed to [0, 1] by `unit_intensities` (fallback: each image's range)."""
     frames, records = [], []
     for image in images:
         array = pil_to_array(image) if isinstance(image, PIL.Image.Image) else np.asarray(image)
-        if array.dtype in (np.uint8, np.bool_):
-            frames.append(image)
-            records.append({"source": "8-bit"})
-        else:
-            values, record = unit_intensities(array, processor, window)
-            frames.append(values)
-            records.append(record)
+        eight_bit = array.dtype in (np.uint8, np.bool_)
+        frame, record = (image, {"source": "8-bit"}) if eight_bit else unit_intensities(array, processor, window)
+        frames.append(frame)
+        records.append(record)
     same = records and all(r == records[0] for r in records)
     return frames, records[0] if same else records
-
-
-def image_frame(image, processor=None, window=None):
-    """One image's frame of `image_frames`."""
-    return image_frames([image], processor, window)[0][0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -403,10 +391,8 @@ def label_maps(model, processor, frames):
         logits = model(pixel_values=pixel_values).logits.float()
     if logits.shape[-2:] != pixel_values.shape[-2:]:
         logits = torch.nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear")
-    if logits.shape[1] == 1:
-        maps = torch.sigmoid(logits[:, 0]) >= getattr(processor, "threshold", 0.5)
-    else:
-        maps = logits.argmax(dim=1)
+    threshold = getattr(processor, "threshold", 0.5)
+    maps = torch.sigmoid(logits[:, 0]) >= threshold if logits.shape[1] == 1 else logits.argmax(dim=1)
     out = []
     for frame, label_map in zip(frames, maps.to(torch.int32).cpu().numpy()):
         height, width = frame_size(frame)
