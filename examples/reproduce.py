@@ -27,8 +27,8 @@ The tables:
   above (``FOLLOW_UPS``: the question each one asks and its arguments).
 
 Budgets: runs are fixed in epochs or steps (never in minutes, so that a busy machine changes their wall time but not
-their numbers); each full run takes at most about 20 minutes on this project's 2-core CPU, and the whole reproduction
-about 4.5 hours (the tables state the wall time of every run).
+their numbers); each full run takes at most about 20 minutes alone on this project's 2-core CPU, and the whole
+reproduction about 12 CPU core-hours, about 6 hours on 2 cores (the tables state the wall time of every run).
 """
 
 import argparse
