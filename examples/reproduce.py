@@ -320,15 +320,21 @@ def segmentation_table(root, runs, protocol, steps=None):
         if not rows:
             lines.append(f"| {label} | 0 of {len(chosen)} | not run yet | | | | |")
             continue
-        results = [r for r, _, _ in rows]
         lines.append(
-            f"| {label} | {len(rows)} of {len(chosen)} | {mean_sd([r['test_dsc'] for r in results])} | "
-            f"{mean_sd([r['test_miou'] for r in results])} | "
-            f"{mean_sd([r['test_mean_image_dice'] for r in results])} | "
-            f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))} | "
+            f"| {label} | {len(rows)} of {len(chosen)} | {segmentation_cells(rows)} | "
             f"{statistics.fmean(rec['wall_seconds'] for _, rec, _ in rows) / 60:.1f} min |"
         )
     return lines
+
+
+def segmentation_cells(rows):
+    """The DSC, mIoU, mean per-image Dice (mean ± sd) and mean optimiser-step cells of finished segmentation runs."""
+    results = [r for r, _, _ in rows]
+    return (
+        f"{mean_sd([r['test_dsc'] for r in results])} | {mean_sd([r['test_miou'] for r in results])} | "
+        f"{mean_sd([r['test_mean_image_dice'] for r in results])} | "
+        f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))}"
+    )
 
 
 def follow_up_table(root, runs):
@@ -343,12 +349,7 @@ def follow_up_table(root, runs):
         if not rows:
             lines.append(f"| {label} | {question} | 0 of {len(chosen)} | not run yet | | | |")
             continue
-        results = [r for r, _, _ in rows]
-        lines.append(
-            f"| {label} | {question} | {len(rows)} of {len(chosen)} | {mean_sd([r['test_dsc'] for r in results])} | "
-            f"{mean_sd([r['test_miou'] for r in results])} | {mean_sd([r['test_mean_image_dice'] for r in results])} | "
-            f"{round(statistics.fmean(state.get('global_step', 0) for _, _, state in rows))} |"
-        )
+        lines.append(f"| {label} | {question} | {len(rows)} of {len(chosen)} | {segmentation_cells(rows)} |")
     return lines
 
 
