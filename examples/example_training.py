@@ -168,7 +168,7 @@ def resolve_checkpoint(training_args):
                 f"Checkpoint detected, resuming training at {checkpoint}. To train from scratch instead, give "
                 "--overwrite_output_dir or another --output_dir."
             )
-    if checkpoint is not None and not _holds_optimizer_state(checkpoint):
+    if checkpoint is not None and os.path.isdir(checkpoint) and not _holds_optimizer_state(checkpoint):
         raise ValueError(
             f"{checkpoint} holds the model only (it was saved with --save_only_model), so training cannot resume from "
             "it: the optimizer and the learning-rate schedule would start again. Give --overwrite_output_dir (or "
@@ -180,8 +180,7 @@ def resolve_checkpoint(training_args):
 
 def _holds_optimizer_state(checkpoint):
     """Whether ``checkpoint`` has the Trainer's optimizer state (a file or, with DeepSpeed / FSDP, a folder)."""
-    names = os.listdir(checkpoint) if os.path.isdir(checkpoint) else []
-    return any("optimizer" in name or name.startswith("global_step") for name in names)
+    return any("optimizer" in name or name.startswith("global_step") for name in os.listdir(checkpoint))
 
 
 def _evaluate(trainer, dataset, prefix, results):

@@ -264,6 +264,9 @@ def test_a_model_only_checkpoint_is_not_resumed_from(tmp_path, datasets_cache):
     for extra in ([], ["--resume_from_checkpoint", str(checkpoint)]):
         with pytest.raises(ValueError, match=r"holds the model only.*--overwrite_output_dir"):
             script.main(classification_args(tmp_path / "first", datasets_cache, *args, "--max_steps", "2", *extra))
+    missing = str(tmp_path / "no-such-checkpoint")  # a wrong path keeps transformers' own error, not ours
+    with pytest.raises(ValueError, match="Can't find a valid checkpoint"):
+        script.main(classification_args(tmp_path / "first", datasets_cache, *args, "--resume_from_checkpoint", missing))
     again = script.main(
         classification_args(tmp_path / "second", datasets_cache, "--model_name_or_path", str(checkpoint), "--max_steps",
                             "1", "--max_train_samples", "4", "--per_device_train_batch_size", "2")
